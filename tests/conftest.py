@@ -1,0 +1,58 @@
+"""Test-wide isolation: tests never touch a running local stack or the user's caches.
+
+- Prefect gets its own home (and tests needing an API use `prefect_test_harness`).
+- Ray gets its own short temp dir; `ray_local` starts one local cluster per session
+  (`address="local"`: never joins a running cluster).
+- Hub access is off; vLLM's CPU KV cache is kept small.
+Tiny model checkpoints are built once into the shared cache (`$GRAIN_CACHE`, default
+~/.cache/grain) by `grain models build-tiny`; the `tiny_models` fixture builds them if missing.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import pytest
+
+_SESSION_TMP = tempfile.mkdtemp(prefix="grain-tests-")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ["PREFECT_HOME"] = os.path.join(_SESSION_TMP, "prefect-home")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.pop("PREFECT_API_URL", None)
+os.environ.pop("RAY_ADDRESS", None)
+RAY_TMP = tempfile.mkdtemp(prefix="rt-", dir="/tmp")  # short: Ray's socket paths have a length limit
+
+
+@pytest.fixture(scope="session")
+def session_tmp():
+    return _SESSION_TMP
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray cluster for the whole session (2 CPUs, no dashboard, own temp dir)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            address="local",
+            num_cpus=2,
+            include_dashboard=False,
+            _temp_dir=RAY_TMP,
+            log_to_driver=False,
+            ignore_reinit_error=True,
+        )
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_models():
+    """Paths of the tiny random-weight checkpoints (built once, cached)."""
+    from annotators.tiny_models import ensure_tiny_models
+
+    return ensure_tiny_models()
