@@ -56,3 +56,28 @@ def tiny_models():
     from annotators.tiny_models import ensure_tiny_models
 
     return ensure_tiny_models()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """Endpoint URL of an S3-compatible server (moto, own process, 127.0.0.1, free port).
+
+    While it runs, ``GRAIN_S3_ENDPOINT_URL`` and dummy ``AWS_*`` credentials are set in the
+    environment, so ``grain.storage`` (and Ray workers started afterwards) reach it."""
+    from tests.storage.s3_server import moto_s3_server
+
+    with moto_s3_server() as url:
+        yield url
+
+
+@pytest.fixture
+def s3_bucket(s3_server):
+    """A fresh, empty bucket on the test server: yields ``"s3://<bucket>"``."""
+    import uuid
+
+    from grain.storage import open_fs
+
+    name = f"grain-test-{uuid.uuid4().hex[:12]}"
+    fs, _ = open_fs(f"s3://{name}")
+    fs.mkdir(name)
+    return f"s3://{name}"
