@@ -1,0 +1,134 @@
+"""Where the local stack lives and which ports it uses; every value can be set by environment.
+
+The stack's home defaults to ``.grain/stack`` in the repository (git-ignored), so each checkout has
+its own stack; set ``GRAIN_STACK_HOME`` to put it elsewhere (tests use a temp dir).
+
+| variable                     | default                  | what                                   |
+|------------------------------|--------------------------|----------------------------------------|
+| ``GRAIN_STACK_HOME``         | ``<repo>/.grain/stack``  | PREFECT_HOME, logs/, artifacts/, state |
+| ``GRAIN_PREFECT_PORT``       | 4200                     | Prefect API + UI                       |
+| ``GRAIN_RAY_PORT``           | 6380                     | Ray GCS; the next 7 ports are Ray's too |
+| ``GRAIN_RAY_DASHBOARD_PORT`` | 8265                     | Ray dashboard                          |
+| ``GRAIN_ARTIFACT_PORT``      | 8790                     | static server for artifact images      |
+| ``GRAIN_RAY_TMP``            | ``/tmp/grain-ray-<hash>``| Ray temp dir (short: socket path limit)|
+| ``GRAIN_RAY_NUM_CPUS``       | all cores                | CPUs the Ray head offers               |
+| ``GRAIN_WORK_POOL``          | ``grain-local``          | Prefect process work pool              |
+
+Everything binds to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HOST = "127.0.0.1"
+
+
+def _int_env(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a port number") from None
+    if not 1 <= value <= 65535:
+        raise ValueError(f"{name}={value} is outside 1..65535")
+    return value
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    home: str
+    prefect_port: int
+    ray_port: int
+    dashboard_port: int
+    artifact_port: int
+    ray_tmp: str
+    ray_num_cpus: int | None
+    work_pool: str
+
+    @classmethod
+    def from_env(cls) -> "StackConfig":
+        home = os.path.abspath(os.environ.get("GRAIN_STACK_HOME") or os.path.join(REPO_ROOT, ".grain", "stack"))
+        tag = hashlib.sha1(home.encode()).hexdigest()[:8]
+        cpus = os.environ.get("GRAIN_RAY_NUM_CPUS")
+        return cls(
+            home=home,
+            prefect_port=_int_env("GRAIN_PREFECT_PORT", 4200),
+            ray_port=_int_env("GRAIN_RAY_PORT", 6380),
+            dashboard_port=_int_env("GRAIN_RAY_DASHBOARD_PORT", 8265),
+            artifact_port=_int_env("GRAIN_ARTIFACT_PORT", 8790),
+            ray_tmp=os.environ.get("GRAIN_RAY_TMP") or f"/tmp/grain-ray-{tag}",
+            ray_num_cpus=int(cpus) if cpus else None,
+            work_pool=os.environ.get("GRAIN_WORK_POOL", "grain-local"),
+        )
+
+    # Derived locations ---------------------------------------------------------------------
+    @property
+    def logs(self) -> str:
+        return os.path.join(self.home, "logs")
+
+    @property
+    def prefect_home(self) -> str:
+        return os.path.join(self.home, "prefect")
+
+    @property
+    def artifacts(self) -> str:
+        """Folder served by the static server; flows write artifact PNGs here."""
+        return os.path.join(self.home, "artifacts")
+
+    @property
+    def state_file(self) -> str:
+        return os.path.join(self.home, "state.json")
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{HOST}:{self.prefect_port}/api"
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://{HOST}:{self.prefect_port}"
+
+    @property
+    def ray_address(self) -> str:
+        return f"{HOST}:{self.ray_port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://{HOST}:{self.dashboard_port}"
+
+    @property
+    def artifact_url(self) -> str:
+        return f"http://{HOST}:{self.artifact_port}"
+
+    def ray_extra_ports(self) -> dict[str, int]:
+        """Ray's other fixed ports, packed after the GCS port so two stacks never collide."""
+        p = self.ray_port
+        return {
+            "--ray-client-server-port": p + 1,
+            "--dashboard-agent-listen-port": p + 2,
+            "--dashboard-agent-grpc-port": p + 3,
+            "--metrics-export-port": p + 4,
+            "--runtime-env-agent-port": p + 5,
+            "--node-manager-port": p + 6,
+            "--object-manager-port": p + 7,
+        }
+
+    def flow_env(self) -> dict[str, str]:
+        """Environment for the worker and thus every flow run: where Prefect, Ray and artifacts are."""
+        return {
+            "PREFECT_HOME": self.prefect_home,
+            "PREFECT_API_URL": self.api_url,
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_WORKER_WEBSERVER_HOST": HOST,  # only used with --with-healthcheck, keep it local
+            "PREFECT_RUNNER_SERVER_HOST": HOST,
+            "RAY_ADDRESS": self.ray_address,
+            "GRAIN_ARTIFACT_DIR": self.artifacts,
+            "GRAIN_ARTIFACT_URL": self.artifact_url,
+            "GRAIN_RAY_DASHBOARD_URL": self.dashboard_url,
+            "GRAIN_STACK_HOME": self.home,
+        }
