@@ -1,0 +1,150 @@
+"""Typed configs of the GRAIN model and its losses (METHOD.md §2–§3).
+
+Config flows one way: a run file (YAML) → ``ModelConfig.preset(name, **overrides)`` /
+``LossConfig(**d)`` → ``build_model(cfg)`` / ``GrainLoss(cfg)``. Both are plain dataclasses whose
+``to_dict()`` holds only str/int/float/bool, so a checkpoint can store them and still load with
+``torch.load(weights_only=True)``.
+
+Presets
+-------
+``vit-b-16``  the paper's model: ViT-B/16 at 224 px with QK-LayerNorm, CLIP text transformer
+              (width 512, 12 layers), DETR-style region decoder (6 layers, dim 512), embeddings 512.
+``tiny``      the same architecture shrunk for CPU tests and the demo (64 px, patch 8, width 128,
+              2–3 layers per tower, decoder 2 layers): trains in seconds on 2 cores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+KINDS = ("grain", "clip")
+
+
+@dataclass
+class ModelConfig:
+    """Every number of the GRAIN / CLIP-baseline architecture. Defaults are the ``vit-b-16`` preset."""
+
+    name: str = "vit-b-16"  # preset this config started from (informational)
+    kind: str = "grain"  # "grain": towers + region decoder; "clip": the baseline, CLS → projection, L_ic only
+    embed_dim: int = 512  # D: shared image/text/region embedding width
+
+    # Image tower (open_clip VisionTransformer): tokens = (image_size / patch_size)^2 + 1 (CLS).
+    image_size: int = 224  # squash-resize target in pixels (METHOD §4)
+    patch_size: int = 16
+    vision_width: int = 768
+    vision_layers: int = 12
+    vision_heads: int = 12
+    vision_mlp_ratio: float = 4.0
+    vision_qk_norm: bool = True  # QK-LayerNorm (METHOD §2)
+
+    # Text tower (open_clip TextTransformer, causal mask, EOT pooling → LayerNorm → projection).
+    context_length: int = 77  # captions; also the positional-embedding table size
+    desc_context_length: int = 32  # descriptions are short: tokenised at this length (≤ context_length)
+    vocab_size: int = 49408  # open_clip's bundled BPE
+    text_width: int = 512
+    text_layers: int = 12
+    text_heads: int = 8
+    text_mlp_ratio: float = 4.0
+
+    # Region decoder (DETR-style, decoder only; kind="grain" only).
+    num_region_queries: int = 5  # Q region queries; one image query is appended last
+    decoder_dim: int = 512
+    decoder_layers: int = 6
+    decoder_heads: int = 8
+    decoder_ffn_dim: int = 2048
+    decoder_dropout: float = 0.1
+    max_target_boxes: int = 5  # top-k boxes by detector score kept per image for L_box / L_rd
+
+    # Contrastive temperature: logit_scale = exp(p), p initialised at ln(1/0.07), clamped ≤ ln(100).
+    logit_scale_init: float = math.log(1 / 0.07)
+    logit_scale_max: float = math.log(100.0)
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"ModelConfig.kind must be one of {KINDS}, got {self.kind!r}")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"ModelConfig.image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        for w, h, what in (
+            (self.vision_width, self.vision_heads, "vision"),
+            (self.text_width, self.text_heads, "text"),
+            (self.decoder_dim, self.decoder_heads, "decoder"),
+        ):
+            if w % h:
+                raise ValueError(f"ModelConfig: {what} width {w} is not divisible by its {h} heads")
+        if not 2 <= self.desc_context_length <= self.context_length:
+            raise ValueError(
+                f"ModelConfig.desc_context_length {self.desc_context_length} must be in [2, context_length={self.context_length}]"
+            )
+        if self.num_region_queries < 1 or self.max_target_boxes < 0:
+            raise ValueError("ModelConfig: num_region_queries must be ≥ 1 and max_target_boxes ≥ 0")
+
+    @property
+    def num_image_tokens(self) -> int:
+        """Decoder memory length: patches + CLS (197 for vit-b-16)."""
+        return (self.image_size // self.patch_size) ** 2 + 1
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "ModelConfig":
+        """A named preset (``PRESETS``) with keyword overrides, e.g. ``preset("tiny", kind="clip")``."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
+        return cls.from_dict({**PRESETS[name], "name": name, **overrides})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        """Inverse of ``to_dict``; unknown keys are an error naming them (typos in run files)."""
+        return _from_dict(cls, d)
+
+
+@dataclass
+class LossConfig:
+    """Loss weights and options: L = L_ic + λ_box·(L1 + L_GIoU) + λ_rd·L_rd (release defaults)."""
+
+    lambda_box: float = 1.5  # weight of L1 and of (1 − GIoU) over matched boxes
+    lambda_rd: float = 1.0  # weight of the region → description cross-entropy
+    cost_l1: float = 5.0  # Hungarian matching cost weights (boxes only)
+    cost_giou: float = 2.0
+    # The release counts a candidate whose text equals the positive's as a negative; masking fixes it.
+    mask_identical_descriptions: bool = True
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LossConfig":
+        return _from_dict(cls, d)
+
+
+def _from_dict(cls, d: dict):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}; known fields: {sorted(names)}")
+    return cls(**d)
+
+
+PRESETS: dict[str, dict] = {
+    "vit-b-16": {},  # the dataclass defaults are the paper's model
+    "tiny": dict(
+        embed_dim=128,
+        image_size=64,
+        patch_size=8,  # 8×8 patches + CLS = 65 memory tokens
+        vision_width=128,
+        vision_layers=3,
+        vision_heads=4,
+        text_width=128,
+        text_layers=2,
+        text_heads=4,
+        decoder_dim=128,
+        decoder_layers=2,
+        decoder_heads=4,
+        decoder_ffn_dim=256,
+    ),
+}
+
+__all__ = ["KINDS", "PRESETS", "LossConfig", "ModelConfig"]

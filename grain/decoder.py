@@ -1,0 +1,122 @@
+"""The DETR-style region decoder of GRAIN (METHOD.md §2), decoder only.
+
+Shapes: B images, T image tokens (197 for ViT-B/16: CLS + 14×14 patches, after the ViT's final
+norm), W vision width, d decoder width, Q region queries (+1 image query, last), D embed width.
+
+    memory  = LayerNorm(Linear(W → d, no bias)(tokens))           [B, T, d]   (no positional encoding)
+    targets start at zero, query embeddings nn.Embedding(Q+1, d)   [Q+1, d]
+    6 × pre-norm layer: self-attn (query embed added to q, k) → cross-attn (added to q) → FFN (ReLU)
+    a final LayerNorm (shared) on each layer's output
+    boxes  = sigmoid(MLP d→d→d→4)(region outputs)                 [B, Q, 4] normalised cxcywh
+    region = region outputs @ W_r                                  [B, Q, D]
+    image  = image-query output @ W_i                              [B, D]   (the global image embedding)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class DecoderLayer(nn.Module):
+    """One pre-norm DETR decoder layer (DETR's ``forward_pre``)."""
+
+    def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.cross_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.linear1 = nn.Linear(dim, ffn_dim)
+        self.linear2 = nn.Linear(ffn_dim, dim)
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.norm3 = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)  # inside the FFN
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+        self.dropout3 = nn.Dropout(dropout)
+
+    def forward(self, tgt: torch.Tensor, memory: torch.Tensor, query_pos: torch.Tensor) -> torch.Tensor:
+        """tgt [B, Q+1, d], memory [B, T, d], query_pos [B, Q+1, d] → [B, Q+1, d]."""
+        x = self.norm1(tgt)
+        qk = x + query_pos
+        tgt = tgt + self.dropout1(self.self_attn(qk, qk, x, need_weights=False)[0])
+        x = self.norm2(tgt)
+        tgt = tgt + self.dropout2(self.cross_attn(x + query_pos, memory, memory, need_weights=False)[0])
+        x = self.norm3(tgt)
+        tgt = tgt + self.dropout3(self.linear2(self.dropout(F.relu(self.linear1(x)))))
+        return tgt
+
+
+class MLP(nn.Module):
+    """Linear layers with ReLU between them (DETR's box head): dims[0] → dims[1] → … → dims[-1]."""
+
+    def __init__(self, *dims: int):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = F.relu(x)
+        return x
+
+
+class RegionDecoder(nn.Module):
+    """Region queries over the image tokens → boxes, region embeddings and the global image embedding."""
+
+    def __init__(
+        self,
+        vision_width: int,
+        embed_dim: int,
+        num_queries: int = 5,
+        dim: int = 512,
+        layers: int = 6,
+        heads: int = 8,
+        ffn_dim: int = 2048,
+        dropout: float = 0.1,
+    ):
+        super().__init__()
+        self.num_queries = num_queries
+        self.memory_proj = nn.Linear(vision_width, dim, bias=False)
+        self.memory_norm = nn.LayerNorm(dim)
+        self.query_embed = nn.Embedding(num_queries + 1, dim)  # Q region queries, then the image query
+        self.layers = nn.ModuleList(DecoderLayer(dim, heads, ffn_dim, dropout) for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)  # shared final norm, applied to every layer's output (DETR)
+        self.box_head = MLP(dim, dim, dim, 4)
+        scale = dim**-0.5  # open_clip's init for projection matrices
+        self.region_proj = nn.Parameter(scale * torch.randn(dim, embed_dim))  # W_r
+        self.image_proj = nn.Parameter(scale * torch.randn(dim, embed_dim))  # W_i
+
+    def forward(self, tokens: torch.Tensor, return_intermediate: bool = False) -> dict[str, torch.Tensor]:
+        """tokens [B, T, W] (ViT output after its final norm, CLS included) → dict:
+
+        ``pred_boxes`` [B, Q, 4] normalised cxcywh in (0, 1); ``region_embed`` [B, Q, D];
+        ``image_embed`` [B, D] (all unnormalised). With ``return_intermediate``, also ``aux``: a list
+        over the earlier layers of ``{"pred_boxes", "region_embed"}`` (for optional auxiliary losses).
+        """
+        if tokens.dim() != 3:
+            raise ValueError(f"RegionDecoder expects tokens [B, T, W], got shape {tuple(tokens.shape)}")
+        memory = self.memory_norm(self.memory_proj(tokens))
+        b = tokens.shape[0]
+        query_pos = self.query_embed.weight.unsqueeze(0).expand(b, -1, -1)
+        tgt = torch.zeros_like(query_pos)
+        outs = []
+        for i, layer in enumerate(self.layers):
+            tgt = layer(tgt, memory, query_pos)
+            if return_intermediate or i == len(self.layers) - 1:
+                outs.append(self.norm(tgt))
+        heads = [self._heads(h) for h in outs]
+        result = heads[-1]
+        if return_intermediate:
+            result["aux"] = [{k: h[k] for k in ("pred_boxes", "region_embed")} for h in heads[:-1]]
+        return result
+
+    def _heads(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+        regions, image = h[:, : self.num_queries], h[:, self.num_queries]
+        return {
+            "pred_boxes": self.box_head(regions).sigmoid(),
+            "region_embed": regions @ self.region_proj.to(regions.dtype),
+            "image_embed": image @ self.image_proj.to(image.dtype),
+        }
