@@ -1,0 +1,124 @@
+"""The driver's index of annotated shards: which rows can train, where they sit, what was skipped.
+
+The driver lists the Parquet shards (local path or fsspec URI), reads only the tiny ``key`` and
+``status`` columns, and records for every row group the row numbers of ``status == "ok"`` rows.
+Rows with any other status are skipped and counted by status (METHOD.md §1: nothing dropped
+silently). The index is what makes the sample order a pure function of (seed, epoch): see plan.py.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from grain import storage
+from grain.schema import COLUMNS, STATUS_OK
+
+
+def list_shards(path: str) -> tuple[list[str], list[str]]:
+    """(shards to train on, uncommitted shards ignored) under ``path`` (a directory or one file).
+
+    Paths are inside the filesystem of ``path`` (``grain.storage.pyarrow_fs``). When the directory
+    uses the commit protocol of ``grain.storage`` (any ``*.parquet.done`` marker present), only
+    committed shards are read: a shard still being written is never trained on.
+    """
+    fs, inner = storage.open_fs(path)
+    if not fs.exists(inner):
+        raise FileNotFoundError(f"training data not found: {path}")
+    if fs.isfile(inner):
+        return [inner], []
+    found = sorted(fs.find(inner))
+    files = [f for f in found if f.endswith(".parquet")]
+    markers = {f[: -len(storage.MARKER_SUFFIX)] for f in found if f.endswith(".parquet" + storage.MARKER_SUFFIX)}
+    ignored = []
+    if markers:
+        ignored = [f for f in files if f not in markers]
+        files = [f for f in files if f in markers]
+    if not files:
+        raise FileNotFoundError(f"no (committed) *.parquet shards under training data path {path}")
+    return files, ignored
+
+
+@dataclass
+class DataIndex:
+    """Trainable rows of a set of shards.
+
+    ``files``: shard paths inside the filesystem of ``root`` (a local path or URI).
+    ``groups``: one entry per row group: (file index, row-group index, int64 array of ok row numbers
+    *within that row group*). ``skipped``: count of non-ok rows by status.
+    """
+
+    root: str
+    files: list[str]
+    groups: list[tuple[int, int, np.ndarray]]
+    skipped: dict[str, int] = field(default_factory=dict)
+    total_rows: int = 0
+    manifests: list[dict] = field(default_factory=list)
+    uncommitted: list[str] = field(default_factory=list)  # shards without a commit marker (not read)
+
+    @property
+    def num_ok(self) -> int:
+        return int(sum(len(g[2]) for g in self.groups))
+
+    def summary(self) -> dict:
+        return {
+            "root": self.root,
+            "files": self.files,
+            "total_rows": self.total_rows,
+            "ok_rows": self.num_ok,
+            "skipped_rows": dict(self.skipped),
+            "manifests": self.manifests,
+            "uncommitted_files_ignored": self.uncommitted,
+        }
+
+
+def _read_manifests(fs, dirs: list[str]) -> list[dict]:
+    """``manifest.json`` files beside the shards (written by the annotation stage), path + content."""
+    from pyarrow.fs import FileType
+
+    out = []
+    for d in dirs:
+        p = posixpath.join(d, "manifest.json")
+        if fs.get_file_info(p).type != FileType.File:
+            continue
+        with fs.open_input_stream(p) as f:
+            raw = f.read(8 * 1024 * 1024)  # bounded: a manifest is small; a huge one is not parsed
+        try:
+            content = json.loads(raw)
+        except ValueError as e:
+            content = {"unreadable": f"{p}: {e}"}
+        out.append({"path": p, "content": content})
+    return out
+
+
+def build_index(path: str) -> DataIndex:
+    """Scan the shards under ``path``; raise naming the file when one lacks the schema's columns."""
+    fs, _ = storage.pyarrow_fs(path)
+    files, ignored = list_shards(path)
+    groups: list[tuple[int, int, np.ndarray]] = []
+    skipped: dict[str, int] = {}
+    total = 0
+    for fi, f in enumerate(files):
+        pf = pq.ParquetFile(f, filesystem=fs)
+        names = set(pf.schema_arrow.names)
+        missing = [c for c in ("key", "status", "image") if c not in names]
+        if missing:
+            raise ValueError(f"{f}: not an annotated shard (missing columns {missing}; schema columns: {list(COLUMNS)})")
+        for rg in range(pf.num_row_groups):
+            status = pf.read_row_group(rg, columns=["status"]).column("status")
+            total += len(status)
+            ok = pc.equal(status, STATUS_OK).to_numpy(zero_copy_only=False)
+            ok = np.asarray(ok, dtype=bool) & np.asarray(status.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+            for s, n in zip(*np.unique(np.asarray(status.to_pylist(), dtype=object)[~ok].astype(str), return_counts=True)):
+                skipped[s] = skipped.get(s, 0) + int(n)
+            rows = np.flatnonzero(ok).astype(np.int64)
+            if len(rows):
+                groups.append((fi, rg, rows))
+    dirs = sorted({posixpath.dirname(f) for f in files})
+    return DataIndex(root=path, files=files, groups=groups, skipped=skipped, total_rows=total,
+                     manifests=_read_manifests(fs, dirs), uncommitted=ignored)

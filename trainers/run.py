@@ -1,0 +1,197 @@
+"""The driver: index the shards, launch the loop (Ray ``TorchTrainer`` or in-process), export ``final.pt``.
+
+``run_training(cfg) -> dict`` is the Python entry (the Prefect flow calls it); ``grain train`` wraps it.
+
+Output layout (``cfg.output``, a local path or fsspec URI)::
+
+    run.json            config, data files, annotation manifest(s), skipped-row counts, result
+    metrics.jsonl       one JSON record per logged step (loss terms, lr, samples/s, data vs compute s)
+    tensorboard/        the same scalars for TensorBoard
+    loss_curves.png     loss terms and lr against the step
+    final.pt            grain.checkpoint.save_checkpoint of the last model (evaluation loads it)
+    ray/<run_name>/     Ray Train's run directory: checkpoint_* with state.pt (resume)
+    sample_keys/        per-rank keys of every step (only with log_sample_keys)
+
+Local outputs are written in place (a multi-node cluster needs a shared filesystem for metrics; the
+checkpoints always go through Ray's storage). For a URI output, metrics are written to a local
+staging directory and uploaded at the end; checkpoints go to ``storage_path`` through
+``RunConfig(storage_filesystem=...)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+
+from grain import storage
+from trainers.config import TrainConfig
+from trainers.index import build_index
+from trainers.optim import warmup_steps_for
+from trainers.plan import steps_per_epoch
+
+
+def _write_json(uri: str, obj: dict) -> None:
+    storage.atomic_write_bytes(uri, json.dumps(obj, indent=2, sort_keys=True, default=str).encode(), commit=False)
+
+
+def _ray_init(cfg: TrainConfig) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = cfg.ray_address or os.environ.get("RAY_ADDRESS") or "local"
+    kwargs = {"include_dashboard": False} if address == "local" else {}
+    ray.init(address=address, **kwargs)  # "local": never silently joins someone else's cluster
+
+
+def _fit_with_ray(cfg: TrainConfig, loop_config: dict, run_name: str, storage_path: str):
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from trainers.loop import train_loop
+
+    _ray_init(cfg)
+    pafs, inner = storage.pyarrow_fs(storage_path)
+    resources = {"CPU": cfg.cpus_per_worker}
+    if cfg.use_gpu:
+        resources["GPU"] = 1
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=loop_config,
+        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=inner,
+            storage_filesystem=pafs,
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+        ),
+    )
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    if result.checkpoint is None:
+        raise RuntimeError(f"training run {run_name!r} finished without a checkpoint")
+    return result.checkpoint
+
+
+def _fit_in_process(cfg: TrainConfig, loop_config: dict, run_name: str, storage_path: str) -> str:
+    from trainers.loop import train_loop
+    from trainers.session import LocalSession
+
+    if not storage.is_local(storage_path):
+        raise ValueError("workers: 0 (in-process) needs a local storage_path; use Ray workers for URIs")
+    session = LocalSession(os.path.join(storage_path, run_name), keep=cfg.keep_checkpoints, use_gpu=cfg.use_gpu)
+    train_loop(loop_config, session=session)
+    with session.latest_checkpoint() as d:
+        if d is None:
+            raise RuntimeError(f"in-process run {run_name!r} finished without a checkpoint")
+        return d
+
+
+def export_final(checkpoint_dir: str, out_uri: str) -> dict:
+    """Load ``state.pt`` from a checkpoint directory, rebuild the model, save it with
+    ``grain.checkpoint.save_checkpoint`` at ``out_uri`` (local path or URI). Returns the training state's counters."""
+    from grain.checkpoint import save_checkpoint
+    from grain.config import ModelConfig
+    from grain.model import build_model
+    from trainers.state import load_state
+
+    st = load_state(checkpoint_dir)
+    mcfg = ModelConfig.from_dict(st["model_config"])
+    model = build_model(mcfg)
+    model.load_state_dict(st["model"])
+    extra = {"step": st["step"], "epoch": st["epoch"], "samples_seen": st["samples_seen"],
+             "train_config": st["config"], "loss_config": st["loss_config"]}
+    if storage.is_local(out_uri):
+        save_checkpoint(out_uri, model, mcfg, extra=extra)
+    else:
+        with tempfile.TemporaryDirectory() as d:
+            p = os.path.join(d, "final.pt")
+            save_checkpoint(p, model, mcfg, extra=extra)
+            with open(p, "rb") as f:
+                storage.atomic_write_bytes(out_uri, f.read())
+    return {k: st[k] for k in ("step", "epoch", "samples_seen")}
+
+
+def run_training(cfg: TrainConfig) -> dict:
+    """Train per ``cfg``; return {output, final_checkpoint, steps, metrics, run_json, ...}."""
+    cfg.validate()
+    t0 = time.time()
+    out = cfg.output.rstrip("/")
+    storage.makedirs(out)
+    run_name = cfg.run_name or os.path.basename(out) or "grain-train"
+    storage_path = cfg.storage_path or storage.join(out, "ray")
+    local_out = storage.is_local(out)
+    log_dir = out if local_out else tempfile.mkdtemp(prefix="grain-train-logs-")
+
+    index = build_index(cfg.data.path)
+    world = max(1, cfg.workers)
+    spe = steps_per_epoch(index, world, cfg.batch_size, cfg.seed, cfg.epochs)
+    if spe == 0:
+        raise ValueError(f"{cfg.data.path}: {index.num_ok} trainable rows are too few for {world} worker(s) × batch "
+                         f"{cfg.batch_size} (skipped: {index.skipped})")
+    total = spe * cfg.epochs
+    warmup = min(warmup_steps_for(cfg.optim, spe), total)
+    run_info = {
+        "status": "running",
+        "started_at": t0,
+        "config": cfg.to_dict(),
+        "data": index.summary(),
+        "schedule": {"steps_per_epoch": spe, "total_steps": total, "warmup_steps": warmup,
+                     "global_batch": cfg.batch_size * world, "stop_at": min(total, cfg.max_steps or total)},
+        "ray": {"run_name": run_name, "storage_path": storage_path},
+    }
+    run_json = storage.join(out, "run.json")
+    _write_json(run_json, run_info)
+    print(f"[grain train] {index.num_ok} rows from {len(index.files)} shard(s) (skipped {index.skipped or 'none'}); "
+          f"{spe} steps/epoch × {cfg.epochs} epochs, global batch {cfg.batch_size * world}", flush=True)
+
+    loop_config = {"config": cfg.to_dict(), "index": index, "steps_per_epoch": spe, "total_steps": total,
+                   "warmup_steps": warmup, "log_dir": log_dir,
+                   "keys_dir": os.path.join(out, "sample_keys") if local_out else None}
+    try:
+        if cfg.workers == 0:
+            ckpt_dir = _fit_in_process(cfg, loop_config, run_name, storage_path)
+            counters = export_final(ckpt_dir, storage.join(out, "final.pt"))
+            ckpt_ref = ckpt_dir
+        else:
+            ckpt = _fit_with_ray(cfg, loop_config, run_name, storage_path)
+            with ckpt.as_directory() as d:
+                counters = export_final(d, storage.join(out, "final.pt"))
+            ckpt_ref = ckpt.path
+    except BaseException as e:
+        run_info.update(status="failed", error=f"{type(e).__name__}: {e}", finished_at=time.time())
+        _write_json(run_json, run_info)
+        raise
+
+    from trainers.metrics import plot_loss_curves, read_metrics
+
+    metrics_path = os.path.join(log_dir, "metrics.jsonl")
+    png = plot_loss_curves(metrics_path, os.path.join(log_dir, "loss_curves.png"), title=f"{run_name} ({cfg.model.get('kind', 'grain')})")
+    records = read_metrics(metrics_path)
+    if not local_out:  # upload the staged logs next to the checkpoints
+        storage.put_dir(log_dir, out, commit=False)
+    result = {
+        "output": out,
+        "final_checkpoint": storage.join(out, "final.pt"),
+        "checkpoint": ckpt_ref,
+        "steps": counters["step"],
+        "epoch": counters["epoch"],
+        "samples_seen": counters["samples_seen"],
+        "final_metrics": records[-1] if records else {},
+        "first_metrics": records[0] if records else {},
+        "metrics_jsonl": storage.join(out, "metrics.jsonl"),
+        "loss_curves_png": storage.join(out, "loss_curves.png") if png else None,
+        "run_json": run_json,
+        "skipped_rows": dict(index.skipped),
+        "wall_s": time.time() - t0,
+    }
+    run_info.update(status="done", finished_at=time.time(), result=result)
+    _write_json(run_json, run_info)
+    print(f"[grain train] done: step {result['steps']}, final loss "
+          f"{result['final_metrics'].get('loss', float('nan')):.4f}, model → {result['final_checkpoint']}", flush=True)
+    return result
