@@ -69,6 +69,9 @@ class RunConfig:
     ray_address: str | None = None  # None: local Ray (or the one already initialised); else a cluster
     ray_num_cpus: int | None = None  # CPUs of a local Ray started here (None = all)
     progress: bool = True  # tqdm bar (rows done / total)
+    # Fault injection for reliability tests only: {"fail_keys": [key, ...]} makes those rows' MLLM call
+    # fail (→ model_error); {"crash_key": key, "crash_marker": path} kills the model actor once.
+    inject: dict = field(default_factory=dict)
 
 
 @dataclass

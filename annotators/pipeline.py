@@ -1,0 +1,250 @@
+"""The annotation job on Ray Data (METHOD.md §1), and ``run_annotation(cfg) -> summary`` for flows/CLI.
+
+    input shards ──read (tasks)──▶ records ──decode (tasks, bounded)──▶ DescribeStage actor pool (vLLM)
+        ──▶ GroundStage actor pool (OWLv2) ──▶ driver: rows grouped by input shard ──▶ ShardWriter
+
+One streaming Ray Data job covers every pending shard, so each model engine starts once per run.
+The driver groups finished rows by input shard; a shard is written (validated, atomic, committed)
+and recorded in the manifest as soon as all of its rows are back — the read stage tags every row
+with its shard's row count, so "all rows are back" is exact. Resume: shards already committed are
+skipped; a shard interrupted mid-way has no committed output and is redone whole (no duplicates).
+
+Fault tolerance: model actors run with bounded ``max_restarts``/``max_task_retries``, so a dead
+engine process (the stage exits on vLLM's EngineDeadError) is replaced and its batch retried. A
+failing model call for one image becomes a ``model_error`` row; the job goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import defaultdict
+
+from annotators.config import AnnotateConfig
+from annotators.manifest import RunManifest
+from annotators.readers import discover_shards, read_shard
+from annotators.writer import ShardWriter
+from grain.schema import (
+    FLAG_MISSING_SOURCE_CAPTION,
+    FLAG_NO_BOXES,
+    FLAG_NO_DESCRIPTIONS,
+    SchemaError,
+    _validate_row,
+    empty_row,
+    error_row,
+)
+
+log = logging.getLogger(__name__)
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_FORWARD_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "VLLM_CPU_KVCACHE_SPACE", "GRAIN_CACHE", "TOKENIZERS_PARALLELISM",
+                "GRAIN_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
+
+
+def resolve_models(cfg: AnnotateConfig) -> dict:
+    """Model ids → ``{"mllm": dir or id, "mllm_id": label, "detector": ..., "detector_id": ...}``.
+    ``tiny`` resolves to the locally built checkpoints (built once, cached)."""
+    m = cfg.models
+    out = {"mllm": m.mllm, "mllm_id": m.mllm, "detector": m.detector, "detector_id": m.detector}
+    tiny = [n for n, v in (("llava" if m.mllm_family == "llava" else "qwen2-vl", m.mllm), ("owlv2", m.detector)) if v == "tiny"]
+    if tiny:
+        from annotators.tiny_models import ensure_tiny_models
+
+        paths = ensure_tiny_models(tiny)
+        if m.mllm == "tiny":
+            name = tiny[0]
+            out.update(mllm=paths[name], mllm_id=f"tiny-{name} ({os.path.basename(paths[name])})")
+        if m.detector == "tiny":
+            out.update(detector=paths["owlv2"], detector_id=f"tiny-owlv2 ({os.path.basename(paths['owlv2'])})")
+    return out
+
+
+def finalize_row(r: dict, models: dict) -> dict:
+    """An intermediate row → a schema row (grain/schema.py). A row that would break the schema
+    becomes a model_error row naming the rule, so one bad model output never loses a shard."""
+    flags = list(r.get("flags") or [])
+    common = dict(url=r.get("url"), source_caption=r.get("source_caption"), image_width=r.get("image_width"),
+                  image_height=r.get("image_height"))
+    if r["status"] != "ok":
+        if r["status"] == "model_error":
+            common.update(mllm_model=models["mllm_id"], detector_model=models["detector_id"])
+        return error_row(r["key"], r["source"], r["status"], r.get("error") or r["status"], flags=flags, **common)
+    if not r.get("mllm_caption") and FLAG_MISSING_SOURCE_CAPTION in flags:
+        return error_row(r["key"], r["source"], "model_error", "no caption at all: the source caption is missing "
+                         "and the MLLM returned none", flags=flags, mllm_model=models["mllm_id"], **common)
+    if not r.get("descriptions"):
+        flags.append(FLAG_NO_DESCRIPTIONS)
+    if not r.get("boxes"):
+        flags.append(FLAG_NO_BOXES)
+    row = empty_row(r["key"], r["source"])
+    row.update(common, image=r["image"], mllm_caption=r.get("mllm_caption"), descriptions=r.get("descriptions") or [],
+               boxes=r.get("boxes") or [], box_scores=r.get("box_scores") or [],
+               box_desc_index=r.get("box_desc_index") or [], flags=flags,
+               mllm_model=models["mllm_id"], detector_model=models["detector_id"])
+    try:
+        _validate_row(row, f"row {r['key']!r}")
+    except SchemaError as e:
+        return error_row(r["key"], r["source"], "model_error", f"model output breaks the shard schema: {e}",
+                         flags=flags, mllm_model=models["mllm_id"], detector_model=models["detector_id"], **common)
+    return row
+
+
+def _ensure_ray(cfg: AnnotateConfig) -> bool:
+    """Use the Ray already initialised in this process, else start/join one. True if started here."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    env = {k: os.environ[k] for k in _FORWARD_ENV if k in os.environ}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (PROJECT_ROOT, os.environ.get("PYTHONPATH")) if p)
+    if cfg.run.ray_address:
+        ray.init(address=cfg.run.ray_address, runtime_env={"env_vars": env}, log_to_driver=False)
+    else:
+        ray.init(address="local", num_cpus=cfg.run.ray_num_cpus, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": env})
+    return True
+
+
+def build_dataset(cfg: AnnotateConfig, shards: list, models: dict):
+    """The lazy Ray Data pipeline over ``shards`` (see module docstring); yields intermediate rows."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    from annotators import stages
+
+    run, m = cfg.run, cfg.models
+    limits = {"max_image_bytes": cfg.limits.max_image_bytes, "max_caption_chars": cfg.limits.max_caption_chars,
+              "max_json_bytes": cfg.limits.max_json_bytes}
+    inject = getattr(run, "inject", None) or {}
+    ds = ray.data.from_items([{"shard": json.dumps(s.to_dict())} for s in shards], override_num_blocks=len(shards))
+    ds = ds.map_batches(stages.read_shards_batch, batch_size=1, batch_format="pyarrow", num_cpus=run.task_cpus,
+                        fn_kwargs={"limits": limits})
+    ds = ds.map_batches(stages.decode_batch, batch_size=run.decode_batch_size, batch_format="pyarrow",
+                        num_cpus=run.task_cpus, fn_kwargs={"max_image_pixels": cfg.limits.max_image_pixels,
+                                                           "min_image_side": cfg.limits.min_image_side})
+    describer_kwargs = {"max_new_tokens": m.max_new_tokens, "max_descriptions": m.max_descriptions,
+                        "enforce_eager": m.enforce_eager, "max_model_len": m.max_model_len,
+                        "gpu_memory_utilization": m.gpu_memory_utilization, **m.extra_engine_args}
+    ds = ds.map_batches(
+        stages.DescribeStage, batch_size=run.batch_size, batch_format="pyarrow",
+        compute=ActorPoolStrategy(min_size=1, max_size=max(1, run.describer_actors)),
+        num_cpus=run.describer_cpus, num_gpus=run.describer_gpus or None,
+        max_restarts=run.max_restarts, max_task_retries=run.max_task_retries,
+        fn_constructor_kwargs={"model": models["mllm"], "family": m.mllm_family, "describer_kwargs": describer_kwargs,
+                               "max_descriptions": m.max_descriptions, "threads": run.threads_per_actor,
+                               "inject": inject})
+    ds = ds.map_batches(
+        stages.GroundStage, batch_size=run.batch_size, batch_format="pyarrow",
+        compute=ActorPoolStrategy(min_size=1, max_size=max(1, run.grounder_actors)),
+        num_cpus=run.grounder_cpus, num_gpus=run.grounder_gpus or None,
+        max_restarts=run.max_restarts, max_task_retries=run.max_task_retries,
+        fn_constructor_kwargs={"model": models["detector"], "max_boxes": m.max_boxes, "threads": run.threads_per_actor,
+                               "grounder_kwargs": {"threshold": m.box_threshold, "nms_iou": m.nms_iou},
+                               "inject": inject})
+    return ds
+
+
+def run_annotation(cfg: AnnotateConfig) -> dict:
+    """Annotate ``cfg.input`` into ``cfg.output``; skip committed shards; return the summary dict:
+    shards (total/skipped/written/left), rows, counts by status, seconds, images/s, tokens/s."""
+    if not cfg.input or not cfg.output:
+        raise ValueError("run_annotation: cfg.input and cfg.output are required")
+    t0 = time.perf_counter()
+    shards = discover_shards(cfg.input)
+    writer = ShardWriter(cfg.output)
+    manifest = RunManifest(cfg.output)
+    stale = writer.remove_stale_temp_files()
+    if stale:
+        log.warning("removed %d temp files left by an interrupted run", len(stale))
+    models = resolve_models(cfg)
+    manifest.start_run(cfg.to_dict(), models)
+    pending, skipped = [], 0
+    for s in shards:
+        if writer.is_done(s.name):
+            skipped += 1
+            if s.name not in manifest.shards:  # committed, but the run died before the manifest update
+                manifest.mark_done(s.name, {"input": s.path, "counts": writer.counts_of(s.name), "healed": True})
+            continue
+        pending.append(s)
+    left = []
+    if cfg.run.max_shards is not None:
+        pending, left = pending[: cfg.run.max_shards], pending[cfg.run.max_shards:]
+    counts: dict[str, int] = defaultdict(int)
+    tokens = rows_done = 0
+    t_first = None
+    if pending:
+        started_ray = _ensure_ray(cfg)
+        try:
+            rows_done, tokens, t_first = _execute(cfg, pending, models, writer, manifest, counts)
+        finally:
+            if started_ray:
+                import ray
+
+                ray.shutdown()
+    seconds = time.perf_counter() - t0
+    steady = (time.perf_counter() - t_first) if t_first else 0.0
+    summary = {
+        "output": cfg.output, "shards_total": len(shards), "shards_skipped": skipped, "shards_written": len(pending),
+        "shards_left": len(left), "rows": rows_done, "counts": dict(counts), "seconds": round(seconds, 2),
+        "images_per_s": round(rows_done / seconds, 3) if seconds else 0.0,
+        "generated_tokens": tokens, "tokens_per_s": round(tokens / seconds, 2) if seconds else 0.0,
+        "seconds_after_first_row": round(steady, 2), "models": models,
+    }
+    manifest.finish_run(summary)
+    return summary
+
+
+def _execute(cfg, pending, models, writer, manifest, counts) -> tuple[int, int, float | None]:
+    """Stream rows back, write each shard when complete. Returns (rows, generated tokens, first-row time)."""
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False  # ours below counts rows across shards
+    bar = None
+    if cfg.run.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=None, unit="img", desc="annotate", dynamic_ncols=True)
+    by_name = {s.name: s for s in pending}
+    buffers: dict[str, list] = defaultdict(list)
+    totals: dict[str, int] = {}
+    rows_done = tokens = 0
+    t_first = None
+    started = time.perf_counter()
+    for batch in build_dataset(cfg, pending, models).iter_batches(batch_format="pyarrow", batch_size=None):
+        t_first = t_first or time.perf_counter()
+        for r in batch.to_pylist():
+            name = r["shard"]
+            if name not in totals:
+                totals[name] = r["shard_rows"]
+                if bar is not None:
+                    bar.total = sum(totals.values())
+            buffers[name].append(r)
+            tokens += r.get("generated_tokens") or 0
+        if bar is not None:
+            bar.update(batch.num_rows)
+        rows_done += batch.num_rows
+        for name in [n for n, rs in buffers.items() if len(rs) >= totals[n]]:
+            _commit_shard(by_name[name], buffers.pop(name), models, writer, manifest, counts, started)
+    missing = [n for n in by_name if not writer.is_done(n)]
+    for name in missing:  # an empty input shard yields no rows: write it empty; anything else is a bug
+        if not read_shard(by_name[name]):
+            _commit_shard(by_name[name], [], models, writer, manifest, counts, started)
+        else:
+            raise RuntimeError(f"shard {name}: {len(buffers.get(name, []))} of {totals.get(name, '?')} rows came back; "
+                               "nothing was written for it (rerun to resume)")
+    if bar is not None:
+        bar.close()
+    return rows_done, tokens, t_first
+
+
+def _commit_shard(shard, rows, models, writer, manifest, counts, started) -> None:
+    final = [finalize_row(r, models) for r in rows]
+    info = writer.write(shard.name, final)
+    for k, v in info["counts"].items():
+        counts[k] += v
+    manifest.mark_done(shard.name, {"input": shard.path, "format": shard.format, "output": info["path"],
+                                    "rows": info["rows"], "counts": info["counts"], "bytes": info["bytes"],
+                                    "seconds_since_start": round(time.perf_counter() - started, 2),
+                                    "generated_tokens": sum(r.get("generated_tokens") or 0 for r in rows)})
+    log.info("shard %s: %d rows %s", shard.name, info["rows"], info["counts"])
