@@ -22,14 +22,12 @@ Every error names the file or folder at fault.
 from __future__ import annotations
 
 import glob
-import io
 import json
 import os
 import tarfile
 from dataclasses import dataclass, field
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
-MAX_IMAGE_PIXELS = 64_000_000  # decompression-bomb bound for evaluation images (PIL default is ~89M)
 
 
 class EvalSetError(ValueError):
@@ -107,29 +105,15 @@ class RetrievalSet:
                             [self.caption_image[j] for j in keep], dict(self.skipped))
 
 
-def decode_rgb(data: bytes, where: str):
-    """Bytes → RGB ``PIL.Image`` (EXIF orientation applied, alpha composited on white), bounded size.
+def decode_ref(ref: ImageRef):
+    """ImageRef → RGB ``PIL.Image`` decoded the one way every stage does (grain.data.decode_image:
+    pixel limit before decoding, EXIF orientation, RGB). Errors are EvalSetError naming the file."""
+    from grain.data import ImageDecodeError, decode_image
 
-    Raises EvalSetError naming ``where`` for undecodable or oversized images.
-    """
-    from PIL import Image, ImageOps
-
-    Image.MAX_IMAGE_PIXELS = min(Image.MAX_IMAGE_PIXELS or MAX_IMAGE_PIXELS, MAX_IMAGE_PIXELS)
     try:
-        img = Image.open(io.BytesIO(data))
-        if img.width * img.height > MAX_IMAGE_PIXELS:
-            raise EvalSetError(f"{where}: image of {img.width}x{img.height} pixels exceeds {MAX_IMAGE_PIXELS}")
-        img = ImageOps.exif_transpose(img)
-        if img.mode in ("RGBA", "LA", "P", "PA"):
-            # Emoji and flags carry transparency; white is the background they are designed for.
-            img = img.convert("RGBA")
-            bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
-            img = Image.alpha_composite(bg, img)
-        return img.convert("RGB")
-    except EvalSetError:
-        raise
-    except Exception as e:  # PIL raises many types (UnidentifiedImageError, OSError, DecompressionBombError…)
-        raise EvalSetError(f"{where}: unreadable image ({type(e).__name__}: {e})") from e
+        return decode_image(ref.read_bytes(), name=ref.where)
+    except ImageDecodeError as e:
+        raise EvalSetError(f"unreadable image: {e}") from e
 
 
 def _read_json(path: str):

@@ -1,0 +1,197 @@
+"""`run_eval(cfg) -> run dict`: zero-shot classification, retrieval and novel concepts for one checkpoint.
+
+Per classification set, variants (METHOD.md §5):
+- ``names``: prompts = templates(class name); class vector = mean of normalised prompt embeddings;
+- ``descriptors``: prompts = template(c) + descriptor sentence, for every template × descriptor
+  (grain.zeroshot's rule); classes without descriptors keep their name prompts;
+- ``fusion_a<α>`` for each α < 1 (GRAIN checkpoints only): α·s_global(descriptors) + (1 − α)·s_region,
+  s_region = mean over region queries of max over the class's descriptors of cosine similarity
+  (a class without descriptors uses its name as its one descriptor). α = 1 is the ``descriptors`` row.
+Per retrieval set: recall@1/5/10 both ways. With ``train_manifest``: seen/unseen split (evaluation.novelty).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+from tqdm import tqdm
+
+from evaluation import scoring
+from evaluation.evalsets import ClassificationSet, RetrievalSet, decode_ref, load_evalset
+from evaluation.metrics import classification_metrics, retrieval_metrics
+
+
+@dataclass
+class EvalConfig:
+    """One evaluation run. ``datasets``: folders/shards (any layout of evaluation.evalsets) or names of
+    the local sets (``emoji-google-animals``, ``flags``; built on demand by evaluation.datasets)."""
+
+    checkpoint: str
+    datasets: list[str]
+    output: str = "eval-out"
+    alphas: list[float] = field(default_factory=lambda: [1.0, 0.75, 0.5, 0.25, 0.0])
+    batch_size: int = 64
+    limit: int | None = None  # at most this many images per set (round-robin over classes)
+    templates: list[str] | None = None  # overrides the set's and grain.zeroshot's default templates
+    captions: str = "both"  # annotated shards as retrieval sets: "both" | "source" | "mllm"
+    train_manifest: str | list[str] | None = None  # training shards for the seen/unseen split
+    model_name: str | None = None  # label in outputs (default: the checkpoint's file name)
+    device: str = "cpu"
+    build_missing: bool = True  # build a named local set when it is not built yet
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "EvalConfig":
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"EvalConfig: unknown key(s) {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+
+def _resolve_dataset(ref: str, build_missing: bool) -> str:
+    if os.path.exists(os.path.expanduser(ref)):
+        return ref
+    from evaluation import datasets as ds
+
+    try:
+        ds.dataset_spec(ref)
+    except ValueError:
+        raise FileNotFoundError(f"{ref}: neither a data set path nor a known local set ({', '.join(ds.all_set_names())})") from None
+    if build_missing:
+        return ds.ensure_dataset(ref)
+    path = os.path.join(ds.datasets_dir(), ref)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{ref}: not built; run `grain data build --sets {ref}`")
+    return path
+
+
+@torch.no_grad()
+def encode_images(model, refs, batch_size: int, device: str = "cpu", desc: str = "images") -> dict:
+    """ImageRefs → ``{"image_embed" [N, D], "region_embed" [N, Q, D] | None}`` (unnormalised)."""
+    from grain.data import preprocess_image
+
+    size = model.cfg.image_size
+    img, reg = [], []
+    for i in tqdm(range(0, len(refs), batch_size), desc=desc, leave=False, disable=len(refs) <= batch_size):
+        x = torch.stack([preprocess_image(decode_ref(r), size) for r in refs[i:i + batch_size]]).to(device)
+        out = model.encode_image(x)
+        img.append(out["image_embed"].float().cpu())
+        if out.get("region_embed") is not None:
+            reg.append(out["region_embed"].float().cpu())
+    return {"image_embed": torch.cat(img), "region_embed": torch.cat(reg) if reg else None}
+
+
+@torch.no_grad()
+def encode_texts(model, texts: Sequence[str], batch_size: int = 256, device: str = "cpu",
+                 context_length: int | None = None) -> torch.Tensor:
+    """Texts → [N, D] unnormalised text embeddings (grain.tokenizer, the model's context length)."""
+    from grain.tokenizer import tokenize
+
+    length = context_length or model.cfg.context_length
+    outs = [model.encode_text(tokenize(list(texts[i:i + batch_size]), context_length=length).to(device)).float().cpu()
+            for i in range(0, len(texts), batch_size)]
+    return torch.cat(outs) if outs else torch.zeros(0, model.cfg.embed_dim)
+
+
+def _embed_groups(model, groups: list[list[str]], cfg: EvalConfig, context_length: int | None = None) -> list[torch.Tensor]:
+    """Encode C lists of texts in one pass; return C tensors [len(group), D]."""
+    flat = [t for g in groups for t in g]
+    emb = encode_texts(model, flat, cfg.batch_size * 4, cfg.device, context_length)
+    out, i = [], 0
+    for g in groups:
+        out.append(emb[i:i + len(g)])
+        i += len(g)
+    return out
+
+
+def eval_classification(model, ds: ClassificationSet, cfg: EvalConfig, model_name: str) -> tuple[list[dict], torch.Tensor]:
+    """Result records for every variant, and the scores [N, C] used for the novelty split."""
+    from grain import zeroshot as zs
+
+    t0 = time.time()
+    enc = encode_images(model, ds.images, cfg.batch_size, cfg.device, desc=ds.name)
+    labels = torch.tensor(ds.labels)
+    templates = cfg.templates or ds.templates or list(zs.DEFAULT_TEMPLATES)
+    base = {"dataset": ds.name, "model": model_name, "task": ds.task, "classes": len(ds.classnames), "layout": ds.layout}
+    records = []
+
+    def record(variant: str, scores: torch.Tensor, **extra):
+        records.append({**base, "variant": variant, "metrics": classification_metrics(scores, labels), **extra})
+
+    name_prompts = [zs.class_prompts(c, [], templates) for c in ds.classnames]
+    s_names = scoring.global_scores(enc["image_embed"], scoring.class_vectors(_embed_groups(model, name_prompts, cfg)))
+    record("names", s_names)
+    final = s_names
+    if ds.descriptors:
+        desc_prompts = [zs.class_prompts(c, ds.descriptors.get(c, []), templates) for c in ds.classnames]
+        s_desc = scoring.global_scores(enc["image_embed"], scoring.class_vectors(_embed_groups(model, desc_prompts, cfg)))
+        record("descriptors", s_desc)
+        final = s_desc
+        region_alphas = [a for a in cfg.alphas if a < 1.0]
+        if region_alphas and enc["region_embed"] is not None:
+            descs = [ds.descriptors.get(c) or [c] for c in ds.classnames]
+            s_region = scoring.region_scores(enc["region_embed"], _embed_groups(model, descs, cfg, model.cfg.desc_context_length))
+            for a in region_alphas:
+                record(f"fusion_a{a:g}", scoring.fuse(s_desc, s_region, a), alpha=a)
+    for r in records:
+        r["seconds"] = round(time.time() - t0, 2)
+    return records, final
+
+
+def eval_retrieval(model, ds: RetrievalSet, cfg: EvalConfig, model_name: str) -> dict:
+    enc = encode_images(model, ds.images, cfg.batch_size, cfg.device, desc=ds.name)
+    txt = encode_texts(model, ds.captions, cfg.batch_size * 4, cfg.device)
+    return {"dataset": ds.name, "model": model_name, "task": ds.task, "variant": "retrieval", "layout": ds.layout,
+            "metrics": retrieval_metrics(enc["image_embed"], txt, ds.caption_image), "skipped_rows": ds.skipped}
+
+
+def load_model(checkpoint: str, device: str = "cpu"):
+    from grain.checkpoint import load_checkpoint
+
+    if not os.path.exists(checkpoint):
+        raise FileNotFoundError(f"{checkpoint}: checkpoint not found")
+    model, mcfg, extra = load_checkpoint(checkpoint)
+    return model.to(device).eval(), mcfg, extra
+
+
+def run_eval(cfg: EvalConfig | dict, model=None) -> dict:
+    """Evaluate ``cfg.checkpoint`` on ``cfg.datasets``; write results.json/.md/.png under ``cfg.output``.
+
+    ``model``: an already loaded GrainModel (skips loading the checkpoint; tests and flows).
+    Returns the run dict (see evaluation.report for its layout) with ``outputs`` (written paths).
+    """
+    from evaluation import report
+
+    cfg = EvalConfig.from_dict(cfg) if isinstance(cfg, dict) else cfg
+    if not cfg.datasets:
+        raise ValueError("no data sets to evaluate (give --dataset PATH or a local set name)")
+    paths = [_resolve_dataset(d, cfg.build_missing) for d in cfg.datasets]  # fail fast on a bad path
+    mcfg = None
+    if model is None:
+        model, mcfg, _ = load_model(cfg.checkpoint, cfg.device)
+    model.eval()
+    name = cfg.model_name or os.path.splitext(os.path.basename(os.path.normpath(cfg.checkpoint)))[0]
+    texts = None
+    if cfg.train_manifest:
+        from evaluation.novelty import load_training_texts
+
+        texts = load_training_texts(cfg.train_manifest)
+    run = {"model": name, "checkpoint": cfg.checkpoint, "kind": getattr(model.cfg, "kind", None),
+           "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "config": asdict(cfg), "results": [], "novelty": {}}
+    for p in paths:
+        ds = load_evalset(p).limit(cfg.limit)
+        if isinstance(ds, ClassificationSet):
+            recs, scores = eval_classification(model, ds, cfg, name)
+            run["results"] += recs
+            if texts is not None:
+                from evaluation.novelty import novelty_report
+
+                run["novelty"][ds.name] = novelty_report(ds.classnames, ds.descriptors, texts, scores, torch.tensor(ds.labels))
+        else:
+            run["results"].append(eval_retrieval(model, ds, cfg, name))
+    run["outputs"] = report.write_outputs(run, cfg.output)
+    return run
