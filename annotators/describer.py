@@ -1,0 +1,164 @@
+"""MLLM describer (METHOD.md §1.1): one vLLM prompt per image → dense caption + short descriptions.
+
+    d = Describer("/path/to/llava", enforce_eager=True)      # family auto-detected from config.json
+    outs = d.describe([pil_image, ...])                      # list[DescriberOutput], same order
+
+The vLLM offline engine is created once per Describer (a Ray actor holds one). Errors are split in
+two kinds on purpose:
+- a per-image failure (the image cannot be processed, the prompt is too long, ...) becomes that
+  item's ``error``; the other images of the batch are still described;
+- an engine death (``EngineDeadError``) is raised, so the Ray actor is restarted and the batch retried.
+Guard scripts that create a Describer with ``if __name__ == "__main__":`` (vLLM spawns processes).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+from annotators.parse import MAX_DESCRIPTIONS, parse_mllm_output
+from annotators.prompts import DESCRIBE_QUESTION, REQUEST_BUILDERS, ModelRequest, detect_family
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DescriberOutput:
+    """One image's answer. ``error`` is None on success; then caption/descriptions may still be empty
+    (a valid row that trains with L_ic only)."""
+
+    raw_text: str = ""
+    caption: str = ""
+    descriptions: list[str] = field(default_factory=list)  # ≤ max_descriptions, unique case-insensitively
+    num_generated_tokens: int = 0
+    error: str | None = None
+    finish_reason: str | None = None  # "stop" or "length" (vLLM)
+
+
+def is_engine_dead(e: BaseException) -> bool:
+    """True when vLLM's engine process died (unrecoverable in this process)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if "EngineDead" in type(e).__name__:
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _default_dtype() -> str:
+    """float32 on CPU: vLLM's "auto" downcasts float32 checkpoints to bfloat16, which these CPUs emulate
+    (no AVX512-BF16) and which breaks parity with transformers; "auto" (the checkpoint's dtype) on GPUs."""
+    import torch
+
+    return "auto" if torch.cuda.is_available() else "float32"
+
+
+class Describer:
+    """vLLM offline engine + prompt family + parser.
+
+    model: local dir or hub id; family: "llava" | "qwen2_vl" (None: from config.json);
+    max_new_tokens: generation budget per image; temperature 0 = greedy (reproducible);
+    engine_kwargs: passed to ``vllm.LLM`` (e.g. gpu_memory_utilization, tensor_parallel_size) and
+    override the family's defaults.
+    """
+
+    def __init__(self, model: str, family: str | None = None, max_new_tokens: int = 256,
+                 max_descriptions: int = MAX_DESCRIPTIONS, temperature: float = 0.0, seed: int = 0,
+                 enforce_eager: bool = False, max_model_len: int = 4096, dtype: str | None = None,
+                 question: str = DESCRIBE_QUESTION, **engine_kwargs):
+        if not isinstance(model, str) or not model:
+            raise ValueError(f"Describer: model must be a local dir or hub id, got {model!r}")
+        if max_new_tokens < 1:
+            raise ValueError(f"Describer: max_new_tokens must be ≥ 1, got {max_new_tokens}")
+        self.model = model
+        self.family = family or detect_family(model)
+        if self.family not in REQUEST_BUILDERS:
+            raise ValueError(f"Describer: unknown family {self.family!r} for {model!r}; expected {sorted(REQUEST_BUILDERS)}")
+        self.request: ModelRequest = REQUEST_BUILDERS[self.family](question)
+        self.max_descriptions = max_descriptions
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; vLLM's CPU default (4+) is too much here
+
+        from vllm import LLM, SamplingParams
+
+        engine_kwargs = {k: v for k, v in engine_kwargs.items() if v is not None}
+        kwargs = {**self.request.engine_kwargs, "model": model, "enforce_eager": enforce_eager,
+                  "max_model_len": max_model_len, "seed": seed, "dtype": dtype or _default_dtype(), **engine_kwargs}
+        self.engine_kwargs = kwargs
+        self.llm = LLM(**kwargs)
+        self.sampling = SamplingParams(max_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                                       stop=self.request.stop)
+
+    def _generate(self, images: list) -> list:
+        prompts = [{"prompt": self.request.prompt, "multi_modal_data": {"image": im}} for im in images]
+        return self.llm.generate(prompts, self.sampling, use_tqdm=False)
+
+    def _to_output(self, req_out) -> DescriberOutput:
+        comp = req_out.outputs[0]
+        caption, descs = parse_mllm_output(comp.text)
+        return DescriberOutput(raw_text=comp.text, caption=caption, descriptions=descs[: self.max_descriptions],
+                               num_generated_tokens=len(comp.token_ids), finish_reason=comp.finish_reason)
+
+    def describe(self, images: list) -> list[DescriberOutput]:
+        """``images``: PIL images (decoded, EXIF-oriented). Returns one DescriberOutput per image, in order.
+
+        Raises only when the engine died (see module docstring)."""
+        from PIL import Image
+
+        outs: list[DescriberOutput | None] = [None] * len(images)
+        ready: list[tuple[int, object]] = []
+        for i, im in enumerate(images):
+            if not isinstance(im, Image.Image):
+                outs[i] = DescriberOutput(error=f"image {i}: expected a PIL image, got {type(im).__name__}")
+            elif im.width < 1 or im.height < 1:
+                outs[i] = DescriberOutput(error=f"image {i}: empty image {im.width}x{im.height}")
+            else:
+                ready.append((i, im if im.mode == "RGB" else im.convert("RGB")))
+        if not ready:
+            return outs
+        try:
+            results = self._generate([im for _, im in ready])
+            for (i, _), r in zip(ready, results):
+                outs[i] = self._to_output(r)
+        except Exception as e:
+            if is_engine_dead(e):
+                raise
+            # One bad image fails the whole generate call (vLLM aborts the batch): isolate it.
+            log.warning("describe batch of %d failed (%s: %s); retrying image by image", len(ready), type(e).__name__, e)
+            for i, im in ready:
+                outs[i] = self._describe_one(i, im)
+        return outs
+
+    def _describe_one(self, i: int, im) -> DescriberOutput:
+        try:
+            return self._to_output(self._generate([im])[0])
+        except Exception as e:
+            if is_engine_dead(e):
+                raise
+            return DescriberOutput(error=f"image {i} ({im.width}x{im.height}): {type(e).__name__}: {str(e)[:500]}")
+
+    def close(self) -> None:
+        """Stop the engine processes now (also happens at interpreter exit); the Describer is unusable after."""
+        llm = getattr(self, "llm", None)
+        if llm is None:
+            return
+        self.llm = None
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+        del llm
+        import gc
+
+        gc.collect()
+
+    @property
+    def model_id(self) -> str:
+        """A label for the shard's ``mllm_model`` column: the hub id, or for a local dir its name (+ tiny spec hash)."""
+        marker = os.path.join(self.model, ".grain-tiny.json")
+        if os.path.isfile(marker):
+            import json
+
+            with open(marker) as fh:
+                return f"tiny-{os.path.basename(self.model.rstrip('/'))}@{json.load(fh).get('spec_hash', '?')}"
+        return self.model

@@ -1,0 +1,119 @@
+"""Prompt templates per MLLM family, as small functions returning a typed request bundle.
+
+Modelled on vLLM's ``examples/offline_inference/vision_language.py``: one function per family gives
+the prompt text with that family's image placeholder, stop strings and the engine arguments the
+family needs (image limits explicit). One prompt asks for both the dense caption and the bullet
+list, so the image prefill is paid once per image (METHOD.md §1.1).
+
+    req = REQUEST_BUILDERS["llava"](DESCRIBE_QUESTION)
+    llm.generate([{"prompt": req.prompt, "multi_modal_data": {"image": pil}}], ...)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+# The question shown to the MLLM. The answer layout matches annotators/parse.py (which also copes with
+# answers that ignore it).
+DESCRIBE_QUESTION = (
+    "Look at the image carefully.\n"
+    "First, write one line that starts with \"Caption:\" and gives a detailed one-sentence description of "
+    "the whole image.\n"
+    "Then write \"Descriptions:\" and, one per line starting with \"- \", up to 10 short phrases that each "
+    "describe one distinct object or part visible in the image with its colour, shape or texture "
+    "(for example \"- a red double-decker bus\"). Do not repeat a phrase."
+)
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """What one family needs for a describe call: ``prompt`` holds exactly one image placeholder."""
+
+    family: str
+    prompt: str
+    stop: list[str] = field(default_factory=list)
+    engine_kwargs: dict = field(default_factory=dict)  # defaults; the caller's engine kwargs override them
+
+
+def llava_request(question: str) -> ModelRequest:
+    """LLaVA-1.5 chat format (llava-hf/llava-1.5-*-hf): ``USER: <image>\\n{question} ASSISTANT:``."""
+    return ModelRequest(
+        family="llava",
+        prompt=f"USER: <image>\n{question} ASSISTANT:",
+        stop=["USER:", "</s>"],
+        engine_kwargs={"limit_mm_per_prompt": {"image": 1}},
+    )
+
+
+def qwen2_vl_request(question: str) -> ModelRequest:
+    """Qwen2-VL chat format; the image is ``<|vision_start|><|image_pad|><|vision_end|>`` (one pad token
+    that vLLM expands to the image's patch count)."""
+    return ModelRequest(
+        family="qwen2_vl",
+        prompt=(
+            "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+            f"<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{question}<|im_end|>\n"
+            "<|im_start|>assistant\n"
+        ),
+        stop=["<|im_end|>", "<|im_start|>"],
+        engine_kwargs={"limit_mm_per_prompt": {"image": 1}},
+    )
+
+
+REQUEST_BUILDERS = {"llava": llava_request, "qwen2_vl": qwen2_vl_request}
+# config.json ``model_type`` → family
+_MODEL_TYPES = {"llava": "llava", "qwen2_vl": "qwen2_vl"}
+
+# Model ids per profile (docs/ARCHITECTURE.md "Profiles"). ``tiny`` entries are names in the tiny-model
+# cache (annotators/tiny_models.py: ensure_tiny_models); ``paper`` entries are hub ids (METHOD.md §1).
+PROFILES = {
+    "tiny": {"mllm": "llava", "mllm_family": "llava", "detector": "owlv2"},
+    "paper": {"mllm": "llava-hf/llava-1.5-7b-hf", "mllm_family": "llava", "detector": "google/owlv2-base-patch16-ensemble"},
+}
+
+
+def resolve_profile(profile: str) -> dict:
+    """``{"mllm": dir or id, "mllm_family": ..., "detector": dir or id}`` for a profile; tiny ones are built if missing."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown model profile {profile!r}; expected one of {sorted(PROFILES)}")
+    out = dict(PROFILES[profile])
+    if profile == "tiny":
+        from annotators.tiny_models import ensure_tiny_models
+
+        paths = ensure_tiny_models([out["mllm"], out["detector"]])
+        out.update(mllm=paths[out["mllm"]], detector=paths[out["detector"]])
+    return out
+
+
+def detect_family(model: str) -> str:
+    """The prompt family of ``model`` (local dir or hub id): from its config.json ``model_type`` when it can be
+    read offline (local dir or the HF cache), else from the id's name. Raises ValueError naming ``model``."""
+    model_type = None
+    cfg_path = os.path.join(model, "config.json")
+    if os.path.isfile(cfg_path):
+        try:
+            with open(cfg_path) as fh:
+                model_type = json.load(fh).get("model_type")
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{cfg_path}: unreadable config.json ({e})") from e
+    else:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(model, "config.json")
+            if isinstance(cached, str):
+                with open(cached) as fh:
+                    model_type = json.load(fh).get("model_type")
+        except Exception:  # noqa: BLE001 - fall back to the name
+            model_type = None
+    if model_type in _MODEL_TYPES:
+        return _MODEL_TYPES[model_type]
+    name = os.path.basename(model.rstrip("/")).lower()
+    if "llava" in name:
+        return "llava"
+    if "qwen2-vl" in name or "qwen2_vl" in name:
+        return "qwen2_vl"
+    raise ValueError(f"cannot tell the prompt family of MLLM {model!r} (model_type={model_type!r}); "
+                     f"pass family= one of {sorted(REQUEST_BUILDERS)}")
