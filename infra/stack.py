@@ -100,7 +100,8 @@ def _ready(cfg: StackConfig, name: str) -> bool:
     if name == "prefect-server":
         return procs.http_ok(f"{cfg.api_url}/health")
     if name == "ray-head":
-        return procs.port_open(cfg.ray_port) and procs.http_ok(f"{cfg.dashboard_url}/api/version")
+        # The dashboard answers 401 without Ray's auth token (~/.ray/auth_token): a listening port is enough.
+        return procs.port_open(cfg.ray_port) and procs.port_open(cfg.dashboard_port)
     return True
 
 
@@ -137,7 +138,13 @@ def up(cfg: StackConfig, redeploy: bool = False, timeout: float = 120) -> dict:
             if procs.port_open(port):
                 raise RuntimeError(f"{name}: port {port} is taken by another process; set {var} to a free port")
         log = os.path.join(cfg.logs, f"{name}.log")
-        proc = procs.spawn(_command(cfg, name), _base_env(cfg), log, cwd=REPO_ROOT)
+        env = _base_env(cfg)
+        if name == "ray-head":
+            # On a loaded 2-core machine the dashboard agent can take ~45 s to come up; Ray's default
+            # waits are shorter and the raylet then aborts the whole head.
+            env.setdefault("RAY_agent_register_timeout_ms", "240000")
+            env.setdefault("RAY_raylet_start_wait_time_s", "240")
+        proc = procs.spawn(_command(cfg, name), env, log, cwd=REPO_ROOT)
         state["services"][name] = {"pid": proc.pid, "create_time": procs.create_time(proc.pid), "log": log}
         _save_state(cfg, state)
         procs.wait_for(lambda n=name: _ready(cfg, n), timeout, name, proc, log)
@@ -203,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("action", choices=("up", "down", "status"))
     p.add_argument("--json", action="store_true", help="print machine-readable status")
     p.add_argument("--redeploy", action="store_true", help="up: re-apply prefect.yaml even if all runs")
-    p.add_argument("--timeout", type=float, default=120, help="seconds to wait for each service (default: %(default)s)")
+    p.add_argument("--timeout", type=float, default=240, help="seconds to wait for each service (default: %(default)s)")
     args = p.parse_args(argv)
     try:
         cfg = StackConfig.from_env()

@@ -7,7 +7,7 @@ its own stack; set ``GRAIN_STACK_HOME`` to put it elsewhere (tests use a temp di
 |------------------------------|--------------------------|----------------------------------------|
 | ``GRAIN_STACK_HOME``         | ``<repo>/.grain/stack``  | PREFECT_HOME, logs/, artifacts/, state |
 | ``GRAIN_PREFECT_PORT``       | 4200                     | Prefect API + UI                       |
-| ``GRAIN_RAY_PORT``           | 6380                     | Ray GCS; the next 7 ports are Ray's too |
+| ``GRAIN_RAY_PORT``           | 6380                     | Ray GCS; P+1..P+309 are Ray's too      |
 | ``GRAIN_RAY_DASHBOARD_PORT`` | 8265                     | Ray dashboard                          |
 | ``GRAIN_ARTIFACT_PORT``      | 8790                     | static server for artifact images      |
 | ``GRAIN_RAY_TMP``            | ``/tmp/grain-ray-<hash>``| Ray temp dir (short: socket path limit)|
@@ -116,6 +116,9 @@ class StackConfig:
             "--runtime-env-agent-port": p + 5,
             "--node-manager-port": p + 6,
             "--object-manager-port": p + 7,
+            # Worker ports: Ray's default range 10002-19999 would collide with ports chosen in it.
+            "--min-worker-port": p + 10,
+            "--max-worker-port": p + 309,
         }
 
     def flow_env(self) -> dict[str, str]:
@@ -131,4 +134,5 @@ class StackConfig:
             "GRAIN_ARTIFACT_URL": self.artifact_url,
             "GRAIN_RAY_DASHBOARD_URL": self.dashboard_url,
             "GRAIN_STACK_HOME": self.home,
+            "GRAIN_WORK_POOL": self.work_pool,
         }

@@ -1,0 +1,146 @@
+"""Shared Prefect wiring: override handling, where artifact files go, the Ray dashboard link, progress.
+
+Artifacts hold markdown, not image bytes: PNGs are written under ``$GRAIN_ARTIFACT_DIR/<flow run id>/``
+(the local stack serves that folder on 127.0.0.1, ``$GRAIN_ARTIFACT_URL``) and referenced by URL.
+Without a stack (tests, plain ``python -m flows...``) they go to ``<stage output>/_artifacts`` and the
+markdown links the file path instead.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Mapping
+
+import yaml
+
+
+def flatten_overrides(overrides: Mapping | None, prefix: str = "") -> dict:
+    """``{"run": {"batch_size": 4}, "models.mllm": "tiny"}`` → ``{"run.batch_size": 4, "models.mllm": "tiny"}``.
+
+    Nested mappings and dotted keys may be mixed; a dict value that is a leaf (e.g. ``extra_engine_args``)
+    is written with a dotted key of its own parent plus ``={...}`` by callers that need it.
+    """
+    if overrides is None:
+        return {}
+    if not isinstance(overrides, Mapping):
+        raise TypeError(f"overrides must be a mapping of config keys to values, got {type(overrides).__name__}")
+    out = {}
+    for key, value in overrides.items():
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"override key {key!r} must be a non-empty string")
+        dotted = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, Mapping) and value:
+            out.update(flatten_overrides(value, dotted))
+        else:
+            out[dotted] = value
+    return out
+
+
+def as_set_items(overrides: Mapping | None) -> list[str]:
+    """Overrides → the stages' ``--set KEY=VALUE`` items (values rendered as YAML flow scalars)."""
+    items = []
+    for key, value in flatten_overrides(overrides).items():
+        rendered = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+        if rendered.endswith("\n..."):
+            rendered = rendered[: -len("\n...")]
+        if rendered.endswith("..."):
+            rendered = rendered[:-3].strip()
+        items.append(f"{key}={rendered}")
+    return items
+
+
+def nest(flat: Mapping) -> dict:
+    """Dotted keys → nested dict (the trainer's ``overrides`` argument)."""
+    out: dict = {}
+    for dotted, value in flatten_overrides(flat).items():
+        node = out
+        parts = dotted.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return out
+
+
+def ray_address() -> str | None:
+    """The Ray cluster the flows should join: the local stack's (``RAY_ADDRESS``) or None (stage default)."""
+    return os.environ.get("RAY_ADDRESS") or None
+
+
+def _run_id() -> str:
+    try:
+        from prefect.runtime import flow_run
+
+        return str(flow_run.id or "local")
+    except Exception:  # noqa: BLE001 - outside a run there is no id
+        return "local"
+
+
+def artifact_folder(fallback_root: str, kind: str) -> tuple[str, Callable[[str], str]]:
+    """(folder to write PNGs of this run into, function file name → link for markdown)."""
+    base = os.environ.get("GRAIN_ARTIFACT_DIR")
+    rel = os.path.join(_run_id(), kind)
+    if base:
+        folder = os.path.join(base, rel)
+        url = os.environ.get("GRAIN_ARTIFACT_URL", "").rstrip("/")
+        os.makedirs(folder, exist_ok=True)
+        return folder, (lambda name: f"{url}/{rel}/{name}" if url else os.path.join(folder, name))
+    folder = os.path.join(fallback_root, "_artifacts", rel)
+    os.makedirs(folder, exist_ok=True)
+    return folder, (lambda name: os.path.join(folder, name))
+
+
+def artifact_key(text: str) -> str:
+    """Prefect artifact keys allow lower-case letters, digits and dashes only."""
+    out = "".join(c if c.isalnum() else "-" for c in text.lower())
+    return "-".join(p for p in out.split("-") if p)[:100] or "artifact"
+
+
+def link_ray_dashboard() -> str | None:
+    """A link artifact to the Ray dashboard of the local stack, when one is configured."""
+    url = os.environ.get("GRAIN_RAY_DASHBOARD_URL")
+    if not url:
+        return None
+    from prefect.artifacts import create_link_artifact
+
+    create_link_artifact(link=url, link_text="Ray dashboard (jobs, actors, worker logs)", key="ray-dashboard",
+                         description="The Ray cluster this flow run used.")
+    return url
+
+
+class ProgressWatcher:
+    """Updates a Prefect progress artifact from ``measure()`` (a 0–100 float) every ``interval`` s.
+
+    Used around a long stage call: the stage itself knows nothing about Prefect, the watcher polls
+    what the stage leaves on disk (finished shards in its manifest, metrics lines).
+    """
+
+    def __init__(self, measure: Callable[[], float], description: str, interval: float = 5.0):
+        from prefect.artifacts import create_progress_artifact
+
+        self.measure, self.interval = measure, interval
+        self.artifact_id = create_progress_artifact(progress=0.0, description=description)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="grain-progress")
+
+    def _update(self) -> None:
+        from prefect.artifacts import update_progress_artifact
+
+        try:
+            value = max(0.0, min(100.0, float(self.measure())))
+            update_progress_artifact(artifact_id=self.artifact_id, progress=value)
+        except Exception:  # noqa: BLE001 - progress is best effort; the stage result decides success
+            pass
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._update()
+
+    def __enter__(self) -> "ProgressWatcher":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self._update()
