@@ -1,0 +1,134 @@
+"""GrainModel: shapes, both kinds, meta device, bf16 autocast, gradients, text length, param groups."""
+
+import math
+
+import pytest
+import torch
+
+from grain.config import ModelConfig
+from grain.losses import GrainLoss
+from grain.model import build_model
+from grain.tokenizer import tokenize
+from tests.grain.conftest import seeded_model
+
+
+def test_tiny_shapes_grain(tiny_cfg, tiny_batch):
+    m = seeded_model(tiny_cfg).eval()
+    out = m(tiny_batch)
+    b, q, d, mt = len(tiny_batch["images"]), tiny_cfg.num_region_queries, tiny_cfg.embed_dim, len(tiny_batch["target_boxes"])
+    assert out["image_embed"].shape == (b, d) and out["text_embed"].shape == (b, d)
+    assert out["region_embed"].shape == (b, q, d) and out["pred_boxes"].shape == (b, q, 4)
+    assert out["desc_embed"].shape == (mt, d)
+    assert ((out["pred_boxes"] > 0) & (out["pred_boxes"] < 1)).all()
+    assert abs(out["logit_scale"].item() - 1 / 0.07) < 1e-3
+    tokens = m.image_tokens(tiny_batch["images"])
+    assert tokens.shape == (b, tiny_cfg.num_image_tokens, tiny_cfg.vision_width)
+
+
+def test_global_embedding_is_image_query_not_cls(tiny_cfg, tiny_batch):
+    m = seeded_model(tiny_cfg).eval()
+    with torch.no_grad():
+        out = m.encode_image(tiny_batch["images"][:2])
+        m.decoder.image_proj.mul_(2.0)  # W_i scales the global embedding, nothing else
+        out2 = m.encode_image(tiny_batch["images"][:2])
+    assert torch.allclose(out2["image_embed"], 2 * out["image_embed"], atol=1e-5)
+    assert torch.allclose(out2["region_embed"], out["region_embed"])
+    assert m.visual.proj is None  # the ViT's CLS projection is not part of GRAIN
+
+
+def test_clip_kind(small_batch):
+    tiny_batch = small_batch
+    cfg = ModelConfig.preset("tiny", kind="clip")
+    m = seeded_model(cfg)
+    out = m(tiny_batch)
+    assert out["region_embed"] is None and out["pred_boxes"] is None and m.decoder is None
+    assert out["desc_embed"].shape == (0, cfg.embed_dim)
+    losses = GrainLoss()(out, tiny_batch)
+    assert losses["loss_l1"].item() == losses["loss_rd"].item() == 0.0
+    losses["loss"].backward()
+    assert all(p.grad is not None for p in m.parameters())
+
+
+def test_text_length_does_not_change_embedding(tiny_cfg):
+    m = seeded_model(tiny_cfg).eval()
+    texts = ["a red square", "a small blue disc on a grey background"]
+    with torch.no_grad():
+        short, full = m.encode_text(tokenize(texts, 32)), m.encode_text(tokenize(texts, 77))
+    assert torch.allclose(short, full, atol=1e-5)
+    with pytest.raises(ValueError, match="context_length"):
+        m.encode_text(torch.zeros(1, 78, dtype=torch.long))
+
+
+def test_bad_image_shape_is_named(tiny_cfg):
+    with pytest.raises(ValueError, match=r"\[B, 3, 64, 64\]"):
+        seeded_model(tiny_cfg).encode_image(torch.zeros(1, 3, 32, 32))
+
+
+def test_gradients_reach_every_parameter(tiny_cfg, small_batch):
+    tiny_batch = small_batch
+    m = seeded_model(tiny_cfg)
+    assert len(tiny_batch["target_boxes"]) > 0
+    loss = GrainLoss()
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    # At initialisation the decoder's targets are zeros and every bias is 0, so the first layer's
+    # self-attention (values = LayerNorm(0) = 0) has an exactly-zero gradient, as in DETR. One step
+    # makes the biases non-zero; from then on every parameter must get a non-zero gradient.
+    loss(m(tiny_batch), tiny_batch)["loss"].backward()
+    assert all(p.grad is not None for p in m.parameters())
+    opt.step()
+    opt.zero_grad()
+    loss(m(tiny_batch), tiny_batch)["loss"].backward()
+    # LayerNorm(0) = its bias whatever its gain: layer 0's norm1 gain never gets a gradient (DETR too).
+    structural_zero = {"decoder.layers.0.norm1.weight"}
+    missing = [
+        n for n, p in m.named_parameters() if n not in structural_zero and (p.grad is None or not p.grad.abs().sum() > 0)
+    ]
+    assert not missing, missing
+
+
+def test_meta_device_build_vit_b_16():
+    with torch.device("meta"):
+        m = build_model(ModelConfig.preset("vit-b-16"))
+    assert all(p.device.type == "meta" for p in m.parameters())
+    n = sum(p.numel() for p in m.parameters())
+    assert 150e6 < n < 200e6  # ViT-B/16 (~86M) + text (~63M) + decoder (~25M)
+    assert m.cfg.num_image_tokens == 197
+
+
+def test_bf16_autocast_cpu(tiny_cfg, small_batch):
+    tiny_batch = small_batch
+    m = seeded_model(tiny_cfg)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = GrainLoss()(m(tiny_batch), tiny_batch)
+    assert all(torch.isfinite(v) for v in losses.values())
+    losses["loss"].backward()
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
+
+
+def test_logit_scale_clamped(tiny_cfg):
+    m = seeded_model(tiny_cfg)
+    with torch.no_grad():
+        m.logit_scale.fill_(10.0)
+    assert abs(m.scale().item() - 100.0) < 1e-3
+    assert math.isclose(ModelConfig().logit_scale_init, math.log(1 / 0.07))
+
+
+def test_param_groups_split(tiny_cfg):
+    m = seeded_model(tiny_cfg)
+    decay, no_decay = m.param_groups(0.1)
+    names = {id(p): n for n, p in m.named_parameters()}
+    nd = {names[id(p)] for p in no_decay["params"]}
+    assert "logit_scale" in nd and all(p.ndim >= 2 for p in decay["params"])
+    assert any(n.endswith("bias") for n in nd) and no_decay["weight_decay"] == 0.0
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(m.parameters()))
+
+
+def test_config_round_trip_and_errors():
+    cfg = ModelConfig.preset("tiny", kind="clip")
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown field"):
+        ModelConfig.from_dict({"nonsense": 1})
+    with pytest.raises(ValueError, match="preset"):
+        ModelConfig.preset("vit-z")
+    with pytest.raises(ValueError, match="kind"):
+        ModelConfig(kind="blip")
