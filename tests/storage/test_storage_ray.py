@@ -7,6 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from grain import storage
+from tests.storage.s3_server import S3_ENV
 
 
 @pytest.mark.slow  # a Ray session (~4 s) and a Ray Data job
@@ -20,7 +21,10 @@ def test_ray_data_reads_committed_shards_from_s3(ray_local, s3_bucket):
             pq.write_table(table, f)  # shard 1 is left uncommitted (a crashed writer)
     uris = storage.list_committed(prefix, suffix=".parquet")
     assert [u.rsplit("/", 1)[1] for u in uris] == ["00000.parquet", "00002.parquet"]
-    pafs, _ = storage.pyarrow_fs(prefix)
+    # The session's Ray workers may predate the S3 server's env (dummy creds): hand them to the
+    # filesystem explicitly; on a cluster the pods get real ones from a Secret (infra/README.md).
+    creds = {"key": S3_ENV["AWS_ACCESS_KEY_ID"], "secret": S3_ENV["AWS_SECRET_ACCESS_KEY"]}
+    pafs, _ = storage.pyarrow_fs(prefix, storage_options=creds)
     paths = [storage.open_fs(u)[1] for u in uris]
     ds = ray.data.read_parquet(paths, filesystem=pafs)
     rows = ds.take_all()
