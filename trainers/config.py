@@ -65,6 +65,7 @@ class TrainConfig:
     workers: int = 2  # Ray Train workers
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
+    torch_threads: int | None = None  # CPU training: intra-op threads per worker (None: max(1, cpus_per_worker))
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
     checkpoint_every: int = 100  # steps between Ray checkpoints (and always at the last step)
     keep_checkpoints: int = 2

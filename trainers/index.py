@@ -115,7 +115,7 @@ def build_index(path: str) -> DataIndex:
             ok = pc.equal(status, STATUS_OK).to_numpy(zero_copy_only=False)
             ok = np.asarray(ok, dtype=bool) & np.asarray(status.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
             for s, n in zip(*np.unique(np.asarray(status.to_pylist(), dtype=object)[~ok].astype(str), return_counts=True)):
-                skipped[s] = skipped.get(s, 0) + int(n)
+                skipped[str(s)] = skipped.get(str(s), 0) + int(n)
             rows = np.flatnonzero(ok).astype(np.int64)
             if len(rows):
                 groups.append((fi, rg, rows))

@@ -74,6 +74,10 @@ def train_loop(loop_config: dict, session=None) -> None:
     if image_size != mcfg.image_size:
         raise ValueError(f"data.image_size {image_size} differs from the model's image_size {mcfg.image_size}")
 
+    if session.device.type == "cpu":
+        # One intra-op thread per CPU the worker was given: oversubscribed OpenMP threads spin and
+        # made a tiny step 10× slower on a shared 2-core machine.
+        torch.set_num_threads(cfg.torch_threads or max(1, int(cfg.cpus_per_worker)))
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
     model = session.prepare(build_model(mcfg))
     device = session.device
