@@ -175,6 +175,19 @@ def profile_file(profile: str) -> Path:
     return CONFIG_DIR / PROFILES[profile]
 
 
+def _scalar(raw: str):
+    """A YAML scalar, with numbers YAML 1.1 leaves as strings (``5e-4``, no dot) made floats."""
+    if not raw.strip():
+        return None
+    value = yaml.safe_load(raw)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def parse_set(items: list[str]) -> dict:
     """``["optim.lr=1e-3", "model.kind=clip"]`` → nested dict (values parsed as YAML scalars)."""
     out: dict = {}
@@ -182,7 +195,7 @@ def parse_set(items: list[str]) -> dict:
         if "=" not in item:
             raise ValueError(f"--set expects key=value, got {item!r}")
         key, raw = item.split("=", 1)
-        _deep_set(out, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+        _deep_set(out, key.strip(), _scalar(raw))
     return out
 
 
