@@ -85,9 +85,7 @@ def annotate(config: str | None, overrides: dict) -> dict:
     print(f"annotating {cfg.input} → {cfg.output} ({total} input shards, MLLM {cfg.models.mllm}, detector {cfg.models.detector})")
     with common.ProgressWatcher(lambda: 100.0 * len(_manifest(cfg.output).get("shards", {})) / total,
                                 description=f"Annotation: shards done of {total}"):
-        from annotators.cli import run_annotation
-
-        result = run_annotation(cfg)
+        result = stages.annotation_entry()(cfg)
     summary = {"output": cfg.output, "result": result if isinstance(result, (dict, list, str, int)) else str(result)}
     print(f"annotation finished: {json.dumps(summary, default=str)[:1000]}")
     return summary

@@ -21,10 +21,6 @@ from flows import common, stages
 def evaluate(config: str | None, overrides: dict) -> dict:
     """Run the evaluation stage; return its run dict (``results.json`` layout, evaluation/report.py)."""
     run = stages.run_eval(config, overrides)
-    if isinstance(run, str):  # a path to results.json
-        from evaluation.report import load_run
-
-        run = load_run(run)
     return json.loads(json.dumps(run, default=str))
 
 
@@ -34,8 +30,8 @@ def report_evaluation(run: dict) -> str:
     from evaluation.report import markdown_table
 
     md = markdown_table(run)
-    create_markdown_artifact(key="evaluation-results", markdown=f"# Evaluation: {run.get('model', '')}\n\n"
-                             f"checkpoint: `{run.get('checkpoint', '')}`\n\n{md}", description="Zero-shot results")
+    create_markdown_artifact(key="evaluation-results", markdown=f"{md}\n\ncheckpoint: `{run.get('checkpoint', '')}`",
+                             description="Zero-shot results")
     rows = []
     for r in run.get("results", []):
         rows.append({"dataset": r.get("dataset"), "task": r.get("task"), "variant": r.get("variant"),

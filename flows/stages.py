@@ -1,7 +1,8 @@
 """The stages' own entry points, called with a run file + overrides (the only place flows touch them).
 
-Each function loads the stage's typed config with the stage's own loader and calls its entry point:
-``annotators.cli.run_annotation(cfg)``, ``trainers.cli.run_training(cfg)``, ``evaluation.cli.run_eval(cfg)``.
+Each function loads the stage's typed config with the stage's own loader and calls the function its
+``grain`` subcommand calls: ``annotators.pipeline.run_annotation(cfg)``, ``trainers.run.run_training(cfg)``,
+``evaluation.runner.run_eval(cfg)`` (docs/ARCHITECTURE.md names them under ``*.cli``; they live here).
 When the flow runs on the local stack (``RAY_ADDRESS`` set) the stage is pointed at that cluster
 unless the overrides already name one. Imports are lazy so deployments load without the stages' deps.
 """
@@ -29,10 +30,11 @@ def annotation_config(config: str | None, overrides: Mapping | None = None):
     return load_config(profile=None if config else "tiny", path=config, overrides=as_set_items(flat))
 
 
-def run_annotation(config: str | None, overrides: Mapping | None = None):
-    from annotators.cli import run_annotation as entry
+def annotation_entry():
+    """``run_annotation(cfg) -> summary``: defined in ``annotators.pipeline`` (``grain annotate`` calls it)."""
+    from annotators.pipeline import run_annotation
 
-    return entry(annotation_config(config, overrides))
+    return run_annotation
 
 
 def training_config(config: str | None, overrides: Mapping | None = None):
@@ -44,28 +46,32 @@ def training_config(config: str | None, overrides: Mapping | None = None):
 
 
 def training_entry():
-    """``run_training(cfg) -> dict``: exported by ``trainers.cli`` per the contract, defined in ``trainers.run``."""
-    import trainers.cli
+    """``run_training(cfg) -> dict``: defined in ``trainers.run`` (``grain train`` calls it)."""
+    from trainers.run import run_training
 
-    entry = getattr(trainers.cli, "run_training", None)
-    if entry is None:
-        from trainers.run import run_training as entry
-    return entry
+    return run_training
 
 
-def run_training(config: str | None, overrides: Mapping | None = None):
-    return training_entry()(training_config(config, overrides))
+# Evaluation defaults when no run file is given: the local sets `infra/setup.sh` builds (DEFAULT_SETS
+# of evaluation.datasets are built on demand otherwise).
+EVAL_DEFAULTS = {"datasets": ["emoji-google-animals", "flags"], "limit": 200}
 
 
 def eval_config(config: str | None, overrides: Mapping | None = None):
-    """The evaluation stage's config from a run file (or its tiny profile) + overrides."""
-    from evaluation import cli
+    """``evaluation.runner.EvalConfig`` from a run file (``eval:`` section or flat) + top-level overrides."""
+    from evaluation.cli import _load_yaml
+    from evaluation.runner import EvalConfig
 
-    flat = flatten_overrides(overrides)
-    return cli.load_config(path=config, profile=None if config else "tiny", overrides=nest(flat))
+    data = dict(_load_yaml(config)) if config else dict(EVAL_DEFAULTS)
+    for key, value in flatten_overrides(overrides).items():
+        if "." in key:
+            raise ValueError(f"evaluation override {key!r}: EvalConfig keys are flat (e.g. limit, datasets)")
+        data[key] = value
+    return EvalConfig.from_dict(data)
 
 
-def run_eval(config: str | None, overrides: Mapping | None = None):
-    from evaluation.cli import run_eval as entry
+def run_eval(config: str | None, overrides: Mapping | None = None) -> dict:
+    """``evaluation.runner.run_eval(cfg) -> run dict`` (``grain eval`` calls it)."""
+    from evaluation.runner import run_eval as entry
 
     return entry(eval_config(config, overrides))

@@ -130,6 +130,9 @@ class StackConfig:
             "PREFECT_WORKER_WEBSERVER_HOST": HOST,  # only used with --with-healthcheck, keep it local
             "PREFECT_RUNNER_SERVER_HOST": HOST,
             "RAY_ADDRESS": self.ray_address,
+            # Ray 2.60 head nodes require a token (~/.ray/auth_token); clients given an explicit
+            # address only send it when token mode is set.
+            "RAY_AUTH_MODE": "token",
             "GRAIN_ARTIFACT_DIR": self.artifacts,
             "GRAIN_ARTIFACT_URL": self.artifact_url,
             "GRAIN_RAY_DASHBOARD_URL": self.dashboard_url,
