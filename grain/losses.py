@@ -29,6 +29,7 @@ every parameter that a term can use still receives a (zero) gradient so DDP need
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -43,7 +44,14 @@ def contrastive_loss(image_embed: torch.Tensor, text_embed: torch.Tensor, logit_
     logit_scale: scalar (already exp'd). Gathered over ranks with gradient when distributed."""
     img = gather_with_grad(F.normalize(image_embed.float(), dim=-1))
     txt = gather_with_grad(F.normalize(text_embed.float(), dim=-1))
-    logits = logit_scale.float() * img @ txt.t()  # [N, N], N = global batch
+    scale = logit_scale.float()
+    world = dist.get_world_size() if is_distributed() else 1
+    if world > 1:
+        # Every rank computes the same global loss, so each would back-propagate the *full* gradient
+        # into the (replicated) logit scale, world× too much once summed over ranks (open_clip does
+        # this). Same value, 1/world of the gradient per rank: the sum over ranks is then exact.
+        scale = scale / world + (scale - scale / world).detach()
+    logits = scale * img @ txt.t()  # [N, N], N = global batch
     labels = torch.arange(logits.shape[0], device=logits.device)
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
 
@@ -58,8 +66,6 @@ class GrainLoss(nn.Module):
         self.matcher = HungarianMatcher(self.cfg.cost_l1, self.cfg.cost_giou)
 
     def _check_world(self):
-        import torch.distributed as dist
-
         got = (dist.get_rank(), dist.get_world_size()) if is_distributed() else (0, 1)
         if got != (self.rank, self.world_size):
             raise RuntimeError(
