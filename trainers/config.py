@@ -74,7 +74,7 @@ class TrainConfig:
     run_name: str | None = None  # RunConfig name; default: the output folder's name
     storage_path: str | None = None  # RunConfig storage; default: <output>/ray
     ray_address: str | None = None  # None: start/join per ray.init defaults ("auto" to join a cluster)
-    find_unused_parameters: bool = True  # DDP: region heads get no gradient on box-less batches
+    find_unused_parameters: bool = False  # GrainLoss keeps region heads in the graph on box-less ranks (zero-valued terms)
     log_sample_keys: bool = False  # write <output>/sample_keys/rank<r>.jsonl (resume tests, audits)
 
     def validate(self) -> "TrainConfig":

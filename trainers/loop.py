@@ -25,7 +25,7 @@ import torch
 
 from trainers.config import from_dict
 from trainers.plan import epoch_batches
-from trainers.samples import BatchStream, ShardReader, row_to_sample
+from trainers.samples import BatchStream, ShardReader, collate_trimmed, row_to_sample
 from trainers.state import load_state, save_state, set_rng_state, step_seed, unwrap
 
 
@@ -54,7 +54,6 @@ def train_loop(loop_config: dict, session=None) -> None:
     """Train on this worker. ``loop_config``: ``config`` (TrainConfig dict), ``index`` (DataIndex),
     ``steps_per_epoch``, ``total_steps``, ``warmup_steps``, ``log_dir`` (local, rank 0 writes
     metrics there), optional ``resume_from`` (a checkpoint directory)."""
-    from grain.data import make_batch
     from grain.losses import GrainLoss
     from grain.model import build_model
     from trainers.metrics import MetricsLogger
@@ -63,7 +62,7 @@ def train_loop(loop_config: dict, session=None) -> None:
     if session is None:
         from trainers.session import RaySession
 
-        session = RaySession(find_unused_parameters=loop_config["config"].get("find_unused_parameters", True))
+        session = RaySession(find_unused_parameters=loop_config["config"].get("find_unused_parameters", False))
     cfg = from_dict(loop_config["config"])
     index = loop_config["index"]
     spe, total, warmup = loop_config["steps_per_epoch"], loop_config["total_steps"], loop_config["warmup_steps"]
@@ -120,7 +119,7 @@ def train_loop(loop_config: dict, session=None) -> None:
                 to_sample=lambda row, _e=epoch: row_to_sample(row, seed=cfg.seed, epoch=_e, image_size=image_size,
                                                              max_boxes=mcfg.max_target_boxes,
                                                              alt_text_prob=cfg.data.alt_text_prob),
-                collate=lambda samples: make_batch(samples, mcfg),
+                collate=lambda samples: collate_trimmed(samples, mcfg),
                 threads=cfg.data.decode_threads, prefetch=cfg.data.prefetch_batches)
             try:
                 t_wait = time.perf_counter()

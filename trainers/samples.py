@@ -74,6 +74,28 @@ def row_to_sample(row: dict, *, seed: int, epoch: int, image_size: int, max_boxe
     }
 
 
+def trim_token_padding(tokens):
+    """tokens [N, L] (zero-padded after EOT) → [N, L'] with L' = the longest text's true length (≥ 2).
+
+    The text tower is causal with EOT pooling, so dropping trailing all-padding columns leaves every
+    embedding unchanged while the descriptions (a few words each) cost their true length, not 32/77.
+    """
+    if tokens.shape[0] == 0:
+        return tokens[:, :2]
+    used = (tokens != 0).any(dim=0).nonzero()
+    length = max(2, int(used.max()) + 1) if used.numel() else 2
+    return tokens[:, :length].contiguous()
+
+
+def collate_trimmed(samples: list[dict], model_cfg) -> dict:
+    """``grain.data.make_batch`` with the description tokens trimmed to their true length."""
+    from grain.data import make_batch
+
+    batch = make_batch(samples, model_cfg)
+    batch["target_desc_tokens"] = trim_token_padding(batch["target_desc_tokens"])
+    return batch
+
+
 class ShardReader:
     """Reads planned rows (file, row group, row) from the shards, keeping the last row groups cached.
 

@@ -99,3 +99,19 @@ def test_cli_help_and_print_config():
 
     assert main(["--data", "d", "--output", "o", "--profile", "paper", "--baseline", "--print-config"]) == 0
     assert main(["--data", "d", "--output", "o", "--set", "nonsense=1"]) == 2
+
+
+def test_trimmed_description_tokens_give_the_same_embeddings():
+    from grain.model import build_model
+    from grain.tokenizer import tokenize
+    from trainers.samples import trim_token_padding
+
+    mcfg = load_config(profile="tiny").model_config()
+    torch.manual_seed(0)
+    model = build_model(mcfg).eval()
+    tok = tokenize(["a red square", "a small blue disc on the left", "x"], mcfg.desc_context_length)
+    short = trim_token_padding(tok)
+    assert short.shape == (3, 9)  # SOT + 7 words + EOT for the longest text
+    with torch.no_grad():
+        assert torch.allclose(model.encode_text(tok), model.encode_text(short), atol=1e-5)
+    assert trim_token_padding(tok[:0]).shape == (0, 2)
