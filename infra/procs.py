@@ -79,18 +79,19 @@ def create_time(pid: int) -> float | None:
 def _members(pid: int, marker: str | None) -> list[psutil.Process]:
     """The process, its descendants, the rest of its process group, and processes naming ``marker``."""
     found: dict[int, psutil.Process] = {}
-    try:
-        root = psutil.Process(pid)
-        found[root.pid] = root
-        for c in root.children(recursive=True):
-            found[c.pid] = c
-    except psutil.Error:
-        pass
+    if pid > 0:
+        try:
+            root = psutil.Process(pid)
+            found[root.pid] = root
+            for c in root.children(recursive=True):
+                found[c.pid] = c
+        except psutil.Error:
+            pass
     for p in psutil.process_iter(["pid", "cmdline"]):
         if p.pid in found or p.pid == os.getpid():
             continue
         try:
-            if os.getpgid(p.pid) == pid:
+            if pid > 0 and os.getpgid(p.pid) == pid:
                 found[p.pid] = p
             elif marker and any(marker in a for a in (p.info["cmdline"] or [])):
                 found[p.pid] = p

@@ -1,0 +1,130 @@
+"""Flow wiring without engines: overrides → stage configs, reports/artifacts on fixture shards, pipeline checks."""
+
+import os
+
+import pytest
+
+from flows import common, stages
+
+
+@pytest.fixture(scope="module")
+def prefect_api():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def test_overrides_flatten_nest_and_render():
+    ov = {"run": {"batch_size": 4, "ray_address": None}, "models.mllm": "tiny", "input": ["/a", "/b"]}
+    flat = common.flatten_overrides(ov)
+    assert flat == {"run.batch_size": 4, "run.ray_address": None, "models.mllm": "tiny", "input": ["/a", "/b"]}
+    assert common.nest(flat) == {"run": {"batch_size": 4, "ray_address": None}, "models": {"mllm": "tiny"}, "input": ["/a", "/b"]}
+    assert sorted(common.as_set_items(ov)) == ["input=[/a, /b]", "models.mllm=tiny", "run.batch_size=4", "run.ray_address=null"]
+    with pytest.raises(TypeError, match="mapping"):
+        common.flatten_overrides(["run.batch_size=4"])
+
+
+def test_stage_configs_take_overrides_and_the_stack_ray_address(monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6380")
+    a = stages.annotation_config(None, {"run": {"batch_size": 3}, "input": ["/x"], "output": "/y"})
+    assert (a.run.batch_size, a.input, a.output, a.run.ray_address, a.profile) == (3, ["/x"], "/y", "127.0.0.1:6380", "tiny")
+    t = stages.training_config(None, {"data.path": "/shards", "output": "/run", "max_steps": 2})
+    assert (t.data.path, t.output, t.max_steps, t.ray_address) == ("/shards", "/run", 2, "127.0.0.1:6380")
+    explicit = stages.training_config(None, {"data.path": "/s", "output": "/o", "ray_address": "auto"})
+    assert explicit.ray_address == "auto"  # an explicit choice wins over the stack's address
+    e = stages.eval_config(None, {"checkpoint": "/c.pt", "limit": 5})
+    assert (e.checkpoint, e.limit, e.datasets) == ("/c.pt", 5, stages.EVAL_DEFAULTS["datasets"])
+    with pytest.raises(ValueError, match="flat"):
+        stages.eval_config(None, {"checkpoint": "/c.pt", "model": {"x": 1}})
+
+
+def test_bad_override_key_names_it():
+    from annotators.config import ConfigError
+
+    with pytest.raises(ConfigError, match="batch_sise"):
+        stages.annotation_config(None, {"run": {"batch_sise": 3}})
+
+
+def test_pipeline_overrides_are_checked():
+    from flows.pipeline import split_overrides
+
+    assert split_overrides({"train": {"max_steps": 2}})["annotate"] == {}
+    with pytest.raises(ValueError, match="unknown sections"):
+        split_overrides({"training": {}})
+
+
+def test_url_list_detection(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from flows.annotate import is_url_list
+
+    tsv = tmp_path / "cc12m.tsv"
+    tsv.write_text("url\tcaption\nhttp://x/a.jpg\ta\n")
+    pq.write_table(pa.table({"url": ["http://x"], "caption": ["c"]}), tmp_path / "urls.parquet")
+    pq.write_table(pa.table({"key": ["0"], "jpg": [b"x"]}), tmp_path / "00000.parquet")
+    assert is_url_list(str(tsv)) and is_url_list(str(tmp_path / "urls.parquet"))
+    assert not is_url_list(str(tmp_path / "00000.parquet")) and not is_url_list(str(tmp_path))
+
+
+def test_overlay_draws_boxes_in_the_decoded_frame(tmp_path):
+    import io
+
+    from PIL import Image
+
+    from flows import visuals
+    from grain.schema import write_fixture_shards
+
+    paths = write_fixture_shards(str(tmp_path), num_shards=1, rows_per_shard=6, min_objects=1, max_objects=1, width=96, height=80)
+    rows = visuals.pick_rows(paths, 2)
+    assert len(rows) == 2 and all(r["boxes"] for r in rows)
+    png = Image.open(io.BytesIO(visuals.draw_overlay(rows[0], max_side=96))).convert("RGB")
+    x1, y1, x2, y2 = rows[0]["boxes"][0]
+    # The box outline of the first box is drawn in the first palette colour at its left edge.
+    edge = png.getpixel((round(x1 * 96), round((y1 + y2) / 2 * 80)))
+    assert edge == visuals._PALETTE[0]
+
+
+def test_report_annotation_creates_table_and_overlay_artifacts(prefect_api, tmp_path, monkeypatch):
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+
+    from annotators.manifest import RunManifest
+    from flows.annotate import report_annotation
+    from grain.schema import read_table, summarise, write_fixture_shards
+
+    monkeypatch.delenv("GRAIN_ARTIFACT_DIR", raising=False)
+    out = str(tmp_path / "annot")
+    paths = write_fixture_shards(out, num_shards=2, rows_per_shard=4, min_objects=1, error_rows_per_shard=1)
+    m = RunManifest(out)
+    for p in paths:
+        t = read_table(p)
+        m.mark_done(os.path.basename(p)[:-8], {"input": p, "rows": t.num_rows, "counts": summarise([t]), "seconds": 1.5})
+
+    @flow
+    def report_only():
+        return report_annotation(out, n_overlays=3)
+
+    res = report_only()
+    assert res["shards"] == 2 and res["status_counts"] == {"ok": 8, "decode_error": 2}
+    assert len([f for f in os.listdir(res["overlays"]) if f.endswith(".png")]) == 3
+    with get_client(sync_client=True) as client:
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["annotation-stats", "annotation-samples"])))
+    kinds = {a.key: a for a in arts}
+    assert set(kinds) == {"annotation-stats", "annotation-samples"}
+    assert "decode_error=1" in str(kinds["annotation-stats"].data)
+    assert str(kinds["annotation-samples"].data).count("![") == 3
+
+
+def test_training_progress_reads_plan_and_metrics(tmp_path):
+    import json
+
+    from flows.pretrain import _progress
+
+    assert _progress(str(tmp_path)) == 0.0
+    (tmp_path / "run.json").write_text(json.dumps({"schedule": {"stop_at": 8}}))
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps({"step": s, "loss": 1.0}) for s in (1, 2)) + "\n")
+    assert _progress(str(tmp_path)) == 25.0

@@ -1,0 +1,77 @@
+"""Local-stack parts that need no services: config from env, artifact server, process-tree stopping."""
+
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import psutil
+import pytest
+
+from infra import procs
+from infra.stack_config import StackConfig
+
+
+def test_config_from_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("GRAIN_STACK_HOME", str(tmp_path))
+    monkeypatch.setenv("GRAIN_PREFECT_PORT", "14999")
+    cfg = StackConfig.from_env()
+    assert cfg.api_url == "http://127.0.0.1:14999/api" and cfg.logs == str(tmp_path / "logs")
+    env = cfg.flow_env()
+    assert env["PREFECT_API_URL"] == cfg.api_url and env["RAY_ADDRESS"].startswith("127.0.0.1:")
+    ports = list(cfg.ray_extra_ports().values())
+    assert len(set(ports)) == len(ports) and cfg.ray_port not in ports
+    monkeypatch.setenv("GRAIN_RAY_PORT", "seventy")
+    with pytest.raises(ValueError, match="GRAIN_RAY_PORT"):
+        StackConfig.from_env()
+
+
+def test_artifact_server_serves_files_only_on_loopback(tmp_path):
+    from infra.artifact_server import serve
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "a.png").write_bytes(b"\x89PNG fake")
+    server = serve(str(tmp_path), 0)
+    host, port = server.server_address
+    assert host == "127.0.0.1"
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/run/a.png") as r:
+            assert r.read() == b"\x89PNG fake" and r.headers["Access-Control-Allow-Origin"] == "*"
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/run/")
+        assert e.value.code == 404  # no directory listings
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/../../etc/passwd")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_stop_tree_stops_a_service_and_its_children(tmp_path):
+    code = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"
+    proc = procs.spawn([sys.executable, "-c", code], dict(os.environ), str(tmp_path / "logs" / "x.log"))
+    deadline = time.time() + 20
+    while time.time() < deadline and not psutil.Process(proc.pid).children():
+        time.sleep(0.2)
+    child = psutil.Process(proc.pid).children()[0]
+    assert procs.alive(proc.pid, procs.create_time(proc.pid))
+    assert procs.stop_tree(proc.pid, grace=5) == 2
+    proc.wait(timeout=5)
+    assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+    assert procs.stop_tree(None) == 0  # stopping nothing is fine
+    assert not procs.alive(proc.pid, 0.0)
+
+
+def test_stack_status_when_down(monkeypatch, tmp_path, capsys):
+    from infra import stack
+
+    monkeypatch.setenv("GRAIN_STACK_HOME", str(tmp_path))
+    monkeypatch.setenv("GRAIN_PREFECT_PORT", "1")  # nothing listens there
+    assert stack.main(["status"]) == 3
+    assert "stopped" in capsys.readouterr().out
+    assert stack.main(["down"]) == 0  # down when down is fine
