@@ -106,3 +106,24 @@ def test_cli(tmp_path, capsys, monkeypatch):
         tm.main(["build-tiny", "--only", "gpt-17"])
     with pytest.raises(ValueError, match="unknown tiny model 'nope'"):
         tm.ensure_tiny_models(["nope"], root=tmp_path)
+
+
+@pytest.mark.slow
+def test_bench_size_builds_and_runs(tmp_path):
+    """`--size bench`: larger checkpoints of the same architectures (annotation benchmark); they load and run."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from annotators.grounder import Grounder
+
+    assert tm.main(["build-tiny", "--size", "bench", "--output", str(tmp_path)]) == 0
+    assert all(tm.is_complete(tmp_path / n, n) for n in tm.SIZES["bench"])
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(tmp_path / "llava-bench")
+    assert cfg.vision_config.image_size == 224 and cfg.text_config.num_hidden_layers == 4
+    g = Grounder(str(tmp_path / "owlv2-bench"), threshold=0.0, max_boxes=5)
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (120, 200, 3), dtype=np.uint8))
+    out = g.ground([img], [["a thing", "another thing"]])[0]
+    assert out.error is None and len(out.scores) == 5 and torch.isfinite(torch.tensor(out.boxes_xyxy_norm)).all()
