@@ -131,3 +131,20 @@ def test_bad_inputs_are_per_item(tiny_grounder, photos):
         tiny_grounder.ground([photos["chelsea"]] * 2, [["a cat"]])
     with pytest.raises(ValueError, match="threshold"):
         Grounder(tiny_grounder.model_name, threshold=1.5)
+
+
+@pytest.mark.parametrize("name,axis", [("coffee", "rows"), ("astronaut_portrait", "cols")])
+def test_processor_pads_bottom_right(tiny_grounder, photos, name, axis):
+    """The premise of unpad_boxes: the image sits at the top-left of the square, padding at bottom (landscape) or
+    right (portrait). Checked on the processor the Grounder really uses."""
+    im = photos[name]
+    px = tiny_grounder.processor.image_processor(images=[im], return_tensors="pt")["pixel_values"][0]  # [3, S, S]
+    s = px.shape[-1]
+    w, h = im.size
+    content = round(s * min(w, h) / max(w, h))
+    if axis == "rows":
+        pad, img = px[:, content + 4:, :], px[:, : content - 4, :]  # ±4: the resize's anti-aliasing blurs the edge
+    else:
+        pad, img = px[:, :, content + 4:], px[:, :, : content - 4]
+    assert pad.numel() and (pad == pad[:, :1, :1]).all()  # constant padding (one value per channel)
+    assert img.std() > 0.1  # the photo is there
