@@ -1,0 +1,180 @@
+"""One GRAIN training step on one device: samples/s, MFU against a measured matmul rate, peak memory.
+
+    PYTHONPATH=. python benchmarks/gpu_train_step.py                        # vit-b-16, bf16, cuda, batch 128
+    PYTHONPATH=. python benchmarks/gpu_train_step.py --batch-size 64 --steps 10 --warmup 3
+    PYTHONPATH=. python benchmarks/gpu_train_step.py --preset tiny --device cpu --steps 3   # CI smoke run
+
+Self-contained on purpose: it imports only grain.config / grain.model / grain.losses (+ torch,
+open_clip, scipy), never Ray, Prefect, vLLM or trainers/, so it runs on a bare GPU machine with
+``PYTHONPATH=.``. Inputs are synthetic: random images, random caption tokens (77, EOT at a random
+position), ``boxes_per_image`` random boxes per image with random description tokens (their length
+``--desc-len``, ≤ 32, as the trainer trims them), so the matcher and L_rd do real work.
+
+FLOPs per step are counted by ``torch.utils.flop_counter.FlopCounterMode`` on one forward+backward
+(matmuls and attention; elementwise ops are not counted, so MFU is a slight underestimate). The
+peak rate is measured here: a large square matmul in the step's dtype. The last line is a one-line
+summary for logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+SOT_ID, EOT_ID = 49406, 49407  # open_clip BPE specials (grain.tokenizer); EOT has the largest id
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def synthetic_batch(cfg, batch_size: int, boxes_per_image: int, desc_len: int, device, gen: torch.Generator) -> dict:
+    """A ``grain.data.make_batch``-shaped batch of random data (see the module docstring)."""
+
+    def tokens(n, length):
+        t = torch.zeros(n, length, dtype=torch.long)
+        lens = torch.randint(3, length + 1, (n,), generator=gen)
+        for i, L in enumerate(lens.tolist()):
+            t[i, 0] = SOT_ID
+            t[i, 1:L - 1] = torch.randint(1, 49000, (L - 2,), generator=gen)
+            t[i, L - 1] = EOT_ID
+        return t
+
+    m = batch_size * boxes_per_image
+    wh = torch.rand(m, 2, generator=gen) * 0.5 + 0.05
+    cxcy = wh / 2 + torch.rand(m, 2, generator=gen) * (1 - wh)
+    return {
+        "images": torch.randn(batch_size, 3, cfg.image_size, cfg.image_size, generator=gen).to(device),
+        "captions": tokens(batch_size, cfg.context_length).to(device),
+        "target_boxes": torch.cat([cxcy, wh], 1).to(device),  # normalised cxcywh inside [0, 1]
+        "target_image": torch.arange(batch_size).repeat_interleave(boxes_per_image).to(device),
+        "target_desc_tokens": tokens(m, desc_len).to(device),
+        "target_text_id": torch.randint(0, max(1, m // 2), (m,), generator=gen).to(device),  # some repeats
+    }
+
+
+def matmul_peak(device, dtype, n: int, reps: int) -> float:
+    """Measured FLOP/s of an n×n @ n×n matmul in ``dtype`` (best of ``reps``)."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    _sync(device)
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="vit-b-16", choices=["vit-b-16", "tiny"])
+    p.add_argument("--kind", default="grain", choices=["grain", "clip"])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=["bf16", "fp32"], help="autocast dtype (default: bf16 on cuda, fp32 on cpu)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=10, help="timed steps (median reported)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--boxes-per-image", type=int, default=5)
+    p.add_argument("--desc-len", type=int, default=16, help="description token length (≤ 32)")
+    p.add_argument("--matmul-n", type=int, default=None, help="size of the peak-rate matmul (default 8192 cuda, 1024 cpu)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model first")
+    p.add_argument("--json", help="also write the results to this JSON file")
+    args = p.parse_args(argv)
+
+    from grain.config import LossConfig, ModelConfig
+    from grain.losses import GrainLoss
+    from grain.model import build_model
+
+    device = torch.device(args.device)
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    cfg = ModelConfig.preset(args.preset, kind=args.kind)
+    if not 2 <= args.desc_len <= cfg.desc_context_length:
+        p.error(f"--desc-len must be in [2, {cfg.desc_context_length}]")
+    torch.manual_seed(0)
+    model = build_model(cfg).to(device)
+    loss_fn = GrainLoss(LossConfig())
+    opt = torch.optim.AdamW(model.param_groups(0.1), lr=1e-4, betas=(0.9, 0.98), eps=1e-8,
+                            fused=device.type == "cuda")
+    fwd_model = torch.compile(model) if args.compile else model
+    batch = synthetic_batch(cfg, args.batch_size, args.boxes_per_image, args.desc_len, device,
+                            torch.Generator().manual_seed(0))
+    use_autocast = dtype != torch.float32
+
+    def fwd_bwd():
+        with torch.autocast(device_type=device.type, dtype=dtype, enabled=use_autocast):
+            out = fwd_model(batch)
+            losses = loss_fn(out, batch)
+        losses["loss"].backward()
+        return losses
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        losses = fwd_bwd()
+        opt.step()
+        return losses
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:  # one uncompiled fwd+bwd, counted
+        with torch.autocast(device_type=device.type, dtype=dtype, enabled=use_autocast):
+            losses = loss_fn(model(batch), batch)
+        losses["loss"].backward()
+    flops = fc.get_total_flops()
+    opt.zero_grad(set_to_none=True)
+
+    for _ in range(args.warmup):
+        step()
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for _ in range(args.steps):
+        t = time.perf_counter()
+        losses = step()
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    t_step = statistics.median(times)
+    if not torch.isfinite(losses["loss"]):
+        raise FloatingPointError(f"non-finite loss {float(losses['loss'])}")
+    peak_mem = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
+                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    n = args.matmul_n or (8192 if device.type == "cuda" else 1024)
+    peak = matmul_peak(device, dtype, n, reps=5 if device.type == "cuda" else 2)
+    achieved = flops / t_step
+    res = {
+        "preset": args.preset, "kind": args.kind, "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "dtype": str(dtype).replace("torch.", ""), "batch_size": args.batch_size, "compile": args.compile,
+        "step_s": t_step, "samples_per_s": args.batch_size / t_step, "flops_per_step": flops,
+        "achieved_tflops": achieved / 1e12, "matmul_peak_tflops": peak / 1e12, "mfu": achieved / peak,
+        "peak_mem_gib": peak_mem / 2**30, "loss": float(losses["loss"]), "torch": torch.__version__,
+    }
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=2)
+    print(f"gpu_train_step {res['preset']}/{res['kind']} on {res['device_name']} {res['dtype']} batch {args.batch_size}: "
+          f"{res['samples_per_s']:.1f} samples/s ({t_step * 1e3:.1f} ms/step), "
+          f"{res['achieved_tflops']:.3g} TFLOP/s of {res['matmul_peak_tflops']:.3g} measured matmul peak → "
+          f"MFU {100 * res['mfu']:.1f} %, peak memory {res['peak_mem_gib']:.2f} GiB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
