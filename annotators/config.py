@@ -34,7 +34,7 @@ class ModelsConfig:
     nms_iou: float | None = None  # per-description NMS; None = off (the release has none)
     enforce_eager: bool = True  # vLLM: skip torch.compile (17 s vs 33 s start on CPU)
     max_model_len: int = 4096  # vLLM context length
-    gpu_memory_utilization: float = 0.85  # vLLM, GPU only
+    gpu_memory_utilization: float | None = None  # vLLM, GPU only (None: vLLM's default)
     extra_engine_args: dict = field(default_factory=dict)  # passed to the vLLM engine as is
 
 

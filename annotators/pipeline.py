@@ -42,21 +42,29 @@ _FORWARD_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "VLLM_CPU_KVCACHE_SPAC
                 "GRAIN_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
 
 
+def _model_label(path: str) -> str:
+    """The ``mllm_model``/``detector_model`` label: hub id, or a tiny checkpoint's name + spec hash
+    (same rule as ``Describer.model_id``), or the local dir."""
+    marker = os.path.join(path, ".grain-tiny.json")
+    if os.path.isfile(marker):
+        with open(marker) as fh:
+            return f"tiny-{os.path.basename(path.rstrip('/'))}@{json.load(fh).get('spec_hash', '?')}"
+    return path
+
+
 def resolve_models(cfg: AnnotateConfig) -> dict:
     """Model ids → ``{"mllm": dir or id, "mllm_id": label, "detector": ..., "detector_id": ...}``.
     ``tiny`` resolves to the locally built checkpoints (built once, cached)."""
     m = cfg.models
-    out = {"mllm": m.mllm, "mllm_id": m.mllm, "detector": m.detector, "detector_id": m.detector}
-    tiny = [n for n, v in (("llava" if m.mllm_family == "llava" else "qwen2-vl", m.mllm), ("owlv2", m.detector)) if v == "tiny"]
+    out = {"mllm": m.mllm, "detector": m.detector}
+    names = {"mllm": "llava" if m.mllm_family == "llava" else "qwen2-vl", "detector": "owlv2"}
+    tiny = [names[k] for k in out if out[k] == "tiny"]
     if tiny:
         from annotators.tiny_models import ensure_tiny_models
 
         paths = ensure_tiny_models(tiny)
-        if m.mllm == "tiny":
-            name = tiny[0]
-            out.update(mllm=paths[name], mllm_id=f"tiny-{name} ({os.path.basename(paths[name])})")
-        if m.detector == "tiny":
-            out.update(detector=paths["owlv2"], detector_id=f"tiny-owlv2 ({os.path.basename(paths['owlv2'])})")
+        out.update({k: paths[names[k]] for k in ("mllm", "detector") if out[k] == "tiny"})
+    out.update(mllm_id=_model_label(out["mllm"]), detector_id=_model_label(out["detector"]))
     return out
 
 
@@ -140,7 +148,8 @@ def build_dataset(cfg: AnnotateConfig, shards: list, models: dict):
         num_cpus=run.grounder_cpus, num_gpus=run.grounder_gpus or None,
         max_restarts=run.max_restarts, max_task_retries=run.max_task_retries,
         fn_constructor_kwargs={"model": models["detector"], "max_boxes": m.max_boxes, "threads": run.threads_per_actor,
-                               "grounder_kwargs": {"threshold": m.box_threshold, "nms_iou": m.nms_iou},
+                               "grounder_kwargs": {"threshold": m.box_threshold, "nms_iou": m.nms_iou,
+                                                   "max_boxes": m.max_boxes, "batch_size": run.batch_size},
                                "inject": inject})
     return ds
 
