@@ -1,0 +1,311 @@
+"""`grain bench grounding`: does grounding help? GRAIN vs CLIP-only on a miniature of real images.
+
+    grain bench grounding [--config configs/bench-grounding.yaml] [--output DIR] [--smoke]
+                          [--seeds 0 1 2] [--arms clip grain] [--set key=value ...]
+
+1. Classes: emoji of the configured subsets (animals, food) split by a fixed seed into *seen* and
+   *held-out* classes. Training uses one style (Google) of the seen classes only.
+2. Training corpus (evaluation.grounded_corpus): 2–4 objects per canvas (seen emoji + Tux Paint
+   cut-outs whose names share no word with a held-out class), exact boxes, a caption naming every
+   object, one description per object; shards in the annotation schema (grain.schema).
+3. Both arms train through the project's trainer (``trainers.run.run_training``) with identical run
+   configs except ``model.kind`` (grain | clip), for each seed.
+4. Each checkpoint is evaluated zero-shot (``evaluation.runner.run_eval``) on single-object canvases:
+   ``<style>-<split>`` sets, e.g. ``twitter-seen`` (held-out style), ``google-unseen`` (held-out
+   classes), ``twitter-unseen`` (both), ``google-seen`` (in-distribution reference); variants
+   ``names``, ``descriptors`` and ``fusion_a<α>`` (GRAIN only). Sets, templates and α are fixed in
+   the config before any result is seen.
+5. ``summary.md`` / ``summary.json`` / ``summary.png``: top-1 mean ± std over seeds per set and
+   variant, and GRAIN − CLIP (GRAIN's variant vs CLIP's ``descriptors`` for fusion rows).
+
+Resumable: each (arm, seed) is skipped when its ``eval/results.json`` exists; an interrupted training
+run resumes from its last checkpoint (trainers). Output layout under ``--output``::
+
+    corpus/  eval-sets/<set>/  runs/<arm>-seed<s>/{train,eval}/  summary.{md,json,png}  bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "bench-grounding.yaml"
+SMOKE_CONFIG = CONFIG_DIR / "bench-grounding-smoke.yaml"
+HELDOUT_NOTE = "held-out"
+SECTIONS = ("bench", "classes", "corpus", "eval", "train")
+
+
+def load_bench_config(path: str | os.PathLike, sets: list[str] | None = None) -> dict:
+    """The bench YAML (sections ``bench``, ``classes``, ``corpus``, ``eval``, ``train``) with
+    ``--set section.key=value`` overrides applied. Errors name the file and the bad key."""
+    from trainers.config import _merge, parse_set
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"bench config not found: {p}")
+    cfg = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{p}: a bench config must be a YAML mapping")
+    unknown = sorted(set(cfg) - set(SECTIONS))
+    if unknown:
+        raise ValueError(f"{p}: unknown section(s) {unknown}; known: {list(SECTIONS)}")
+    over = parse_set(sets or [])
+    bad = sorted(set(over) - set(SECTIONS))
+    if bad:
+        raise ValueError(f"--set: unknown section(s) {bad}; use one of {list(SECTIONS)} (e.g. train.max_steps=10)")
+    cfg = _merge(cfg, over)
+    for s in SECTIONS:
+        cfg.setdefault(s, {})
+    if cfg["train"].get("model", {}).get("kind") not in (None, "grain"):
+        raise ValueError(f"{p}: train.model.kind is set per arm; leave it out or set it to grain")
+    cfg["_path"] = str(p)
+    return cfg
+
+
+def parse_set_name(name: str) -> tuple[str, str]:
+    """``"twitter-unseen"`` → ("twitter", "unseen"); ValueError naming the set otherwise."""
+    from evaluation.emoji import STYLES
+
+    style, _, split = name.partition("-")
+    if style not in STYLES or split not in ("seen", "unseen"):
+        raise ValueError(f"eval set {name!r}: expected <style>-<seen|unseen> with style in {STYLES}")
+    return style, split
+
+
+# ---------------------------------------------------------------------------------------------
+# Preparation: split, corpus, evaluation sets
+# ---------------------------------------------------------------------------------------------
+
+def prepare(cfg: dict, out: str, progress: bool = True) -> dict:
+    """Build (or reuse) the corpus and the evaluation sets. Returns the preparation record."""
+    from evaluation import grounded_corpus as gc
+    from evaluation.datasets import ensure_npm_packages, node_modules_dir
+    from evaluation.emoji import descriptors_for, load_emoji_metadata, select
+
+    c, e = cfg["classes"], cfg["eval"]
+    train_style = c.get("train_style", "google")
+    sets = [parse_set_name(s) for s in e.get("sets", [])]
+    if not sets:
+        raise ValueError(f"{cfg['_path']}: eval.sets is empty")
+    styles = sorted({train_style, *(s for s, _ in sets)})
+    ensure_npm_packages(["emoji-datasource", "emojibase-data"] + [f"emoji-datasource-{s}" for s in styles if s != "openmoji"])
+    meta = load_emoji_metadata(node_modules_dir())
+    by_key = {}
+    for sub in c.get("subsets", ["animals", "food"]):
+        chosen = select(meta, sub, train_style)
+        chosen = [x for x in chosen if all(s in x.images for s in styles)]  # every style must show every class
+        by_key.update({x.key: x for x in chosen[: c.get("limit_per_subset") or None]})
+    names = {}
+    for k in sorted(by_key):  # one class per name across subsets
+        names.setdefault(by_key[k].name, k)
+    keys = sorted(names.values())
+    seen, held = gc.class_split(keys, float(c.get("holdout_frac", 0.25)), int(c.get("split_seed", 0)))
+    held_words = set().union(*(gc.words(by_key[k].name) for k in held)) if held else set()
+    stamps = gc.tuxpaint_objects(exclude_words=held_words) if c.get("tuxpaint", True) else []
+    if c.get("tuxpaint_limit"):
+        stamps = stamps[: int(c["tuxpaint_limit"])]
+    spec = gc.CorpusSpec.from_dict(cfg["corpus"])
+    manifest = gc.build_corpus(os.path.join(out, "corpus"), spec, gc.emoji_objects([by_key[k] for k in seen], train_style),
+                               stamps, progress=progress)
+    descriptors = {by_key[k].name: descriptors_for(by_key[k]) for k in keys}
+    set_paths = {}
+    for name, (style, split) in zip(e["sets"], sets):
+        objs = gc.emoji_objects([by_key[k] for k in (seen if split == "seen" else held)], style)
+        set_paths[name] = gc.build_eval_folder(
+            os.path.join(out, "eval-sets", name), objs, descriptors, int(e.get("per_class", 2)), int(e.get("seed", 0)),
+            int(e.get("canvas", spec.canvas)), float(e.get("min_scale", 0.3)), float(e.get("max_scale", 0.6)),
+            float(e.get("photo_background_prob", spec.photo_background_prob)))
+    return {"seen_classes": len(seen), "heldout_classes": len(held), "heldout_names": [by_key[k].name for k in held],
+            "tuxpaint_objects": len(stamps), "corpus": {k: manifest[k] for k in ("digest", "files", "spec")},
+            "eval_sets": set_paths}
+
+
+# ---------------------------------------------------------------------------------------------
+# One (arm, seed): train through the trainer, evaluate through the runner
+# ---------------------------------------------------------------------------------------------
+
+def train_config_for(cfg: dict, arm: str, seed: int, data: str, out: str):
+    """The arm's TrainConfig: the bench's ``train`` section with only kind, seed, data and output set."""
+    from trainers.config import load_config
+
+    if arm not in ("grain", "clip"):
+        raise ValueError(f"arm must be grain or clip, got {arm!r}")
+    section = copy.deepcopy(cfg["train"])
+    section.setdefault("model", {})["kind"] = arm
+    section.setdefault("data", {})["path"] = data
+    section.update(seed=seed, output=out, run_name=os.path.basename(os.path.dirname(out)))
+    return load_config(overrides=section).validate()
+
+
+def run_one(cfg: dict, prep: dict, arm: str, seed: int, out: str) -> dict:
+    """Train and evaluate one arm/seed unless ``runs/<arm>-seed<seed>/eval/results.json`` exists."""
+    from evaluation.runner import EvalConfig, run_eval
+    from trainers.run import run_training
+
+    run_dir = os.path.join(out, "runs", f"{arm}-seed{seed}")
+    results = os.path.join(run_dir, "eval", "results.json")
+    if os.path.exists(results):
+        print(f"[bench] {arm} seed {seed}: done before, skipped ({results})", flush=True)
+        return json.load(open(results, encoding="utf-8"))
+    t0 = time.time()
+    final = os.path.join(run_dir, "train", "final.pt")
+    if not os.path.exists(final):
+        tcfg = train_config_for(cfg, arm, seed, os.path.join(out, "corpus"), os.path.join(run_dir, "train"))
+        run_training(tcfg)
+    t1 = time.time()
+    e = cfg["eval"]
+    ecfg = EvalConfig(checkpoint=final, datasets=[prep["eval_sets"][s] for s in e["sets"]],
+                      output=os.path.join(run_dir, "eval"), alphas=[float(a) for a in e.get("alphas", [1.0, 0.5])],
+                      batch_size=int(e.get("batch_size", 64)), templates=e.get("templates"), model_name=f"{arm}-seed{seed}",
+                      build_missing=False)
+    run = run_eval(ecfg)
+    print(f"[bench] {arm} seed {seed}: trained in {t1 - t0:.0f} s, evaluated in {time.time() - t1:.0f} s", flush=True)
+    return run
+
+
+# ---------------------------------------------------------------------------------------------
+# Summary: table, JSON, PNG
+# ---------------------------------------------------------------------------------------------
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    m = sum(xs) / len(xs)
+    return m, (math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0)
+
+
+def summarize(runs: dict[tuple[str, int], dict], cfg: dict, metric: str = "acc1") -> dict:
+    """Per (set, variant): per-arm mean/std of ``metric`` (in %) over seeds, and GRAIN − CLIP with
+    CLIP's ``descriptors`` row as the reference for GRAIN-only fusion rows."""
+    vals: dict[tuple[str, str, str], list[float]] = {}
+    for (arm, _seed), run in sorted(runs.items()):
+        for r in run["results"]:
+            vals.setdefault((r["dataset"], r["variant"], arm), []).append(100.0 * r["metrics"][metric])
+    rows = []
+    heldout = cfg["eval"].get("heldout_sets", [])
+    for ds in cfg["eval"]["sets"]:
+        variants = sorted({v for (d, v, _) in vals if d == ds}, key=lambda v: (v != "names", v != "descriptors", v))
+        for v in variants:
+            row = {"set": ds, "variant": v, "heldout": ds in heldout}
+            for arm in ("clip", "grain"):
+                xs = vals.get((ds, v, arm))
+                if xs:
+                    row[arm] = dict(zip(("mean", "std"), _mean_std(xs)), n=len(xs), values=xs)
+            ref = row.get("clip") or (vals.get((ds, "descriptors", "clip")) and
+                                      dict(zip(("mean", "std"), _mean_std(vals[(ds, "descriptors", "clip")]))))
+            if "grain" in row and ref:
+                row["delta"] = row["grain"]["mean"] - ref["mean"]
+                row["delta_vs"] = v if "clip" in row else "descriptors"
+            rows.append(row)
+    primary = cfg["eval"].get("primary_variant", "descriptors")
+    closing = {r["set"]: r["delta"] for r in rows if r["variant"] == primary and "delta" in r}
+    return {"metric": metric, "rows": rows, "primary_variant": primary, "grain_minus_clip": closing}
+
+
+def summary_markdown(summary: dict, command: str) -> str:
+    fmt = lambda a: f"{a['mean']:.1f} ± {a['std']:.1f}" if a else "—"  # noqa: E731
+    lines = [f"Top-1 accuracy (%), mean ± std over seeds. Command: `{command}`", "",
+             "| eval set | variant | CLIP | GRAIN | GRAIN − CLIP |", "|---|---|---|---|---|"]
+    for r in summary["rows"]:
+        tag = f"{r['set']} ({HELDOUT_NOTE})" if r["heldout"] else r["set"]
+        d = f"{r['delta']:+.1f}" + ("" if r.get("delta_vs") == r["variant"] else " (vs CLIP descriptors)") if "delta" in r else "—"
+        lines.append(f"| {tag} | {r['variant']} | {fmt(r.get('clip'))} | {fmt(r.get('grain'))} | {d} |")
+    lines += ["", f"GRAIN − CLIP top-1 ({summary['primary_variant']}): " +
+              ", ".join(f"{k} {v:+.1f}" for k, v in summary["grain_minus_clip"].items())]
+    return "\n".join(lines) + "\n"
+
+
+def summary_png(summary: dict, path: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = summary["rows"]
+    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(rows)), 4))
+    for j, arm in enumerate(("clip", "grain")):
+        xs = [i + (j - 0.5) * 0.38 for i, r in enumerate(rows) if arm in r]
+        ys = [r[arm]["mean"] for r in rows if arm in r]
+        es = [r[arm]["std"] for r in rows if arm in r]
+        ax.bar(xs, ys, 0.38, yerr=es, capsize=2, label=arm.upper())
+    ax.set_xticks(range(len(rows)), [f"{r['set']}\n{r['variant']}" for r in rows], rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel(f"top-1 (%), mean ± std")
+    ax.set_title("GRAIN vs CLIP-only, miniature grounding benchmark")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------------------------
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="grain bench grounding", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help=f"bench config (default {DEFAULT_CONFIG.name}; with --smoke {SMOKE_CONFIG.name})")
+    p.add_argument("--smoke", action="store_true", help="the CI-sized run (≤ 3 min): tiny corpus, few steps, one seed")
+    p.add_argument("--output", help="output folder (default $GRAIN_CACHE/bench-grounding[-smoke])")
+    p.add_argument("--seeds", type=int, nargs="+", help="training seeds (default: the config's bench.seeds)")
+    p.add_argument("--arms", nargs="+", choices=("clip", "grain"), help="arms to run (default both)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value, e.g. --set train.max_steps=50 (both arms alike)")
+    p.add_argument("--prepare-only", action="store_true", help="build the corpus and evaluation sets, train nothing")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] != "grounding":
+        print("usage: grain bench grounding [--help]  (the only benchmark so far)", file=sys.stderr)
+        return 2
+    args = _parser().parse_args(argv[1:])
+    from evaluation.datasets import grain_cache
+
+    try:
+        cfg = load_bench_config(args.config or (SMOKE_CONFIG if args.smoke else DEFAULT_CONFIG), args.sets)
+    except (OSError, ValueError) as e:
+        print(f"grain bench grounding: {e}", file=sys.stderr)
+        return 2
+    out = os.path.abspath(args.output or os.path.join(grain_cache(), "bench-grounding-smoke" if args.smoke else "bench-grounding"))
+    os.makedirs(out, exist_ok=True)
+    seeds = args.seeds or list(cfg["bench"].get("seeds", [0]))
+    arms = args.arms or list(cfg["bench"].get("arms", ["clip", "grain"]))
+    command = "grain bench " + " ".join(argv)
+    t0 = time.time()
+    print(f"[bench] config {cfg['_path']}, output {out}, arms {arms}, seeds {seeds}", flush=True)
+    prep = prepare(cfg, out, progress=not args.quiet)
+    print(f"[bench] {prep['seen_classes']} seen / {prep['heldout_classes']} held-out classes, "
+          f"{prep['tuxpaint_objects']} Tux Paint objects, corpus {prep['corpus']['spec']['images']} images "
+          f"({time.time() - t0:.0f} s)", flush=True)
+    if args.prepare_only:
+        return 0
+    runs = {}
+    for seed in seeds:  # seed-major: a partial run already holds complete pairs to compare
+        for arm in arms:
+            runs[(arm, seed)] = run_one(cfg, prep, arm, seed, out)
+    summary = summarize(runs, cfg)
+    md = summary_markdown(summary, command)
+    with open(os.path.join(out, "summary.md"), "w", encoding="utf-8") as f:
+        f.write(md)
+    with open(os.path.join(out, "summary.json"), "w", encoding="utf-8") as f:
+        json.dump({**summary, "command": command, "config": {k: v for k, v in cfg.items() if k != "_path"},
+                   "config_path": cfg["_path"], "prepare": prep, "wall_s": time.time() - t0}, f, indent=1)
+    summary_png(summary, os.path.join(out, "summary.png"))
+    print(md, flush=True)
+    print(f"[bench] done in {time.time() - t0:.0f} s → {out}/summary.md, summary.png", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(["grounding", *sys.argv[1:]]))
