@@ -28,12 +28,13 @@ def trigger(name: str, parameters: dict, api_url: str, timeout: float | None = N
 
     Returns ``{"id", "state", "url"}``; raises naming the deployment when it cannot be found.
     """
-    os.environ["PREFECT_API_URL"] = api_url
     from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     if "/" not in name:
         raise ValueError(f"deployment {name!r}: Prefect needs FLOW/DEPLOYMENT, e.g. {name}/{name}")
-    run = run_deployment(name=name, parameters=parameters, timeout=timeout, poll_interval=5)
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        run = run_deployment(name=name, parameters=parameters, timeout=timeout, poll_interval=5)
     ui = api_url[: -len("/api")] if api_url.endswith("/api") else api_url
     return {"id": str(run.id), "state": run.state.type.value if run.state else None,
             "state_name": run.state.name if run.state else None, "url": f"{ui}/runs/flow-run/{run.id}"}

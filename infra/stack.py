@@ -101,7 +101,12 @@ def _ready(cfg: StackConfig, name: str) -> bool:
         return procs.http_ok(f"{cfg.api_url}/health")
     if name == "ray-head":
         # The dashboard answers 401 without Ray's auth token (~/.ray/auth_token): a listening port is enough.
-        return procs.port_open(cfg.ray_port) and procs.port_open(cfg.dashboard_port)
+        # The raylet aborts the head when the dashboard agent has not written its port file within ~60 s
+        # (a loaded machine): ready only once that file exists and the raylet's port is open.
+        import glob
+
+        agent = glob.glob(os.path.join(cfg.ray_tmp, "session_latest", "dashboard_agent_listen_port_*"))
+        return bool(agent) and all(procs.port_open(p) for p in (cfg.ray_port, cfg.dashboard_port, cfg.ray_port + 6))
     return True
 
 
@@ -144,10 +149,17 @@ def up(cfg: StackConfig, redeploy: bool = False, timeout: float = 120) -> dict:
             # waits are shorter and the raylet then aborts the whole head.
             env.setdefault("RAY_agent_register_timeout_ms", "240000")
             env.setdefault("RAY_raylet_start_wait_time_s", "240")
-        proc = procs.spawn(_command(cfg, name), env, log, cwd=REPO_ROOT)
-        state["services"][name] = {"pid": proc.pid, "create_time": procs.create_time(proc.pid), "log": log}
-        _save_state(cfg, state)
-        procs.wait_for(lambda n=name: _ready(cfg, n), timeout, name, proc, log)
+        for attempt in (1, 2):  # Ray's head can abort on a loaded machine (see _ready): one retry
+            proc = procs.spawn(_command(cfg, name), env, log, cwd=REPO_ROOT)
+            state["services"][name] = {"pid": proc.pid, "create_time": procs.create_time(proc.pid), "log": log}
+            _save_state(cfg, state)
+            try:
+                procs.wait_for(lambda n=name: _ready(cfg, n), timeout, name, proc, log)
+                break
+            except (RuntimeError, TimeoutError):
+                procs.stop_tree(proc.pid, cfg.ray_tmp if name == "ray-head" else None)
+                if attempt == 2 or name != "ray-head":
+                    raise
         started.append(name)
     if redeploy:
         register_deployments(cfg)
