@@ -104,7 +104,10 @@ class Grounder:
         tok = self.processor.tokenizer
         # OWLv2 reads 16 text tokens (its position table); longer descriptions are truncated (EOT kept).
         self.max_text_len = int(self.model.config.text_config.max_position_embeddings)
-        self.pad_id = int(tok.pad_token_id if tok.pad_token_id is not None else 0)
+        # The torchvision-backed processor can resize/pad on the GPU (the PIL one cannot): at 960² the CPU
+        # preprocessing would otherwise dominate a GPU forward.
+        on_gpu = self.device.type != "cpu" and "Pil" not in type(self.processor.image_processor).__name__
+        self._preprocess_kw = {"device": self.device} if on_gpu else {}
 
     def _tokenize(self, descriptions: list[list[str]]) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Per-image query lists → input_ids/attention_mask [B·Q, L] (Q = longest list), rows past an image's
@@ -128,7 +131,7 @@ class Grounder:
     @torch.no_grad()
     def _forward(self, images: list, descriptions: list[list[str]]) -> list[GroundingOutput]:
         ids, mask, q = self._tokenize(descriptions)
-        pixels = self.processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
+        pixels = self.processor.image_processor(images=images, return_tensors="pt", **self._preprocess_kw)["pixel_values"]
         out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                          pixel_values=pixels.to(self.device, self.model.dtype))
         logits = out.logits.float().cpu()  # [B, P, Q]: one score per (predicted box, query)

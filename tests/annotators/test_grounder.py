@@ -148,3 +148,24 @@ def test_processor_pads_bottom_right(tiny_grounder, photos, name, axis):
         pad, img = px[:, :, content + 4:], px[:, :, : content - 4]
     assert pad.numel() and (pad == pad[:, :1, :1]).all()  # constant padding (one value per channel)
     assert img.std() > 0.1  # the photo is there
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu(tiny_grounder, photos):
+    torch.backends.cudnn.allow_tf32 = False  # the patch-embedding conv would otherwise run in TF32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    ims = [photos["astronaut_portrait"], photos["rocket"]]
+    descs = [["a person", "a flag"], ["a rocket", "smoke", "a tower"]]
+    cpu = tiny_grounder.ground(ims, descs)
+    gpu = Grounder(tiny_grounder.model_name, threshold=0.3, device="cuda").ground(ims, descs)
+    for c, g in zip(cpu, gpu):
+        _check_output(g, 3, 0.3)
+        # scores near the threshold may flip between devices (GPU resize differs slightly): compare the clear ones
+        clear = [k for k, s in enumerate(c.scores) if s > 0.35]
+        top = {tuple(round(v, 2) for v in c.boxes_xyxy_norm[k]) for k in clear}
+        got = {tuple(round(v, 2) for v in b) for b in g.boxes_xyxy_norm}
+        assert len(top - got) <= max(1, len(top) // 10)
+    half = Grounder(tiny_grounder.model_name, threshold=0.3, device="cuda", dtype="bfloat16").ground(ims, descs)
+    for h in half:
+        _check_output(h, 3, 0.3)
