@@ -21,7 +21,7 @@ rm -f "$site/grain_torchvision_ops.pth"
 if $PY -m pip show torchvision >/dev/null 2>&1 && ! $PY -c "import torchvision" >/dev/null 2>&1; then
   echo "[fix-traps] torchvision's native ops do not load beside this torch: installing the op-schema hook"
   cp "$here/grain_torchvision_ops.py" "$site/grain_torchvision_ops.py"
-  echo "import grain_torchvision_ops" > "$site/grain_torchvision_ops.pth"
+  echo "import grain_torchvision_ops; grain_torchvision_ops.activate()" > "$site/grain_torchvision_ops.pth"
   $PY -c "import torchvision" || { echo "[fix-traps] torchvision still fails to import" >&2; exit 1; }
 fi
 $PY -c "import torch, transformers; from transformers import CLIPModel" >/dev/null

@@ -7,8 +7,11 @@ classes and vLLM's LLaVA path (../shared/STACK.md, trap 2). Defining the `torchv
 `torchvision::qnms` schemas (and a CPU kernel for nms) first lets torchvision import cleanly.
 
 `infra/setup.sh` installs this module plus a `.pth` file into site-packages **only when** a probe
-shows the native ops fail to load, so every interpreter (Ray workers, vLLM engine processes) runs it.
-On a machine with a proper CPU torchvision or a CUDA torch it is never installed.
+shows the native ops fail to load, so every interpreter (Ray workers, vLLM engine processes) has it.
+The `.pth` only adds a meta-path hook (no torch import): the schemas are registered the first time a
+process imports torchvision, so interpreters that never touch torch (Ray's dashboard agent, the
+Prefect server) start as fast as without it. On a machine with a proper CPU torchvision or a CUDA
+torch it is never installed.
 """
 
 from __future__ import annotations
@@ -63,4 +66,23 @@ def install() -> None:
         pass
 
 
-install()
+class _TorchvisionHook:
+    """A meta-path finder that runs `install()` just before `torchvision` is first imported."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "torchvision":
+            import sys
+
+            sys.meta_path[:] = [f for f in sys.meta_path if f is not self]
+            install()
+        return None  # let the regular finders import the module
+
+
+def activate() -> None:
+    """Called from the .pth file at interpreter start: cheap (imports nothing heavy)."""
+    import sys
+
+    if "torchvision" in sys.modules:
+        install()
+    elif not any(isinstance(f, _TorchvisionHook) for f in sys.meta_path):
+        sys.meta_path.insert(0, _TorchvisionHook())
