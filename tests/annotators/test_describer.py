@@ -7,7 +7,7 @@ import pytest
 
 from annotators.describer import DescriberOutput, is_engine_dead
 from annotators.parse import parse_mllm_output
-from annotators.prompts import PROFILES, REQUEST_BUILDERS, detect_family
+from annotators.prompts import PROFILES, REQUEST_BUILDERS, detect_family, resolve_profile
 
 
 def test_detect_family(tiny_models, tmp_path):
@@ -17,6 +17,15 @@ def test_detect_family(tiny_models, tmp_path):
     assert detect_family("Qwen/Qwen2-VL-2B-Instruct") == "qwen2_vl"
     with pytest.raises(ValueError, match="text-llm"):
         detect_family(tiny_models["text-llm"])  # a text-only Llama is no MLLM
+
+
+def test_profiles(tiny_models):
+    assert resolve_profile("paper") == {"mllm": "llava-hf/llava-1.5-7b-hf", "mllm_family": "llava",
+                                        "detector": "google/owlv2-base-patch16-ensemble"}
+    tiny = resolve_profile("tiny")
+    assert tiny["mllm"] == tiny_models["llava"] and tiny["detector"] == tiny_models["owlv2"]
+    with pytest.raises(ValueError, match="'huge'"):
+        resolve_profile("huge")
 
 
 def test_prompt_bundles_have_one_image_placeholder():
