@@ -1,6 +1,6 @@
 """`grain demo`: the whole pipeline on real images, through the local stack's deployment.
 
-    grain demo [--limit 300] [--workdir DIR] [--max-steps N] [--no-wait]
+    grain demo [--limit 120] [--workdir DIR] [--max-steps N] [--no-wait]
 
 1. brings the local stack up if needed (``grain stack up``),
 2. makes sure the tiny models, the evaluation sets and a demo-corpus slice exist,
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     cache = os.environ.get("GRAIN_CACHE", os.path.expanduser("~/.cache/grain"))
     p = argparse.ArgumentParser(prog="grain demo", description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--limit", type=int, default=300, help="images of the demo corpus to use (default: %(default)s)")
+    p.add_argument("--limit", type=int, default=120, help="images of the demo corpus to use (default: %(default)s)")
     p.add_argument("--workdir", default=None, help="output root (default: $GRAIN_STACK_HOME/demo-<time>)")
     p.add_argument("--max-steps", type=int, default=None, help="stop training after N steps (default: 1 epoch)")
     p.add_argument("--eval-limit", type=int, default=200, help="images per evaluation set (default: %(default)s)")
