@@ -2,7 +2,7 @@
 
     llava_describer      Describer on the tiny LLaVA checkpoint (vLLM, enforce_eager, 32 new tokens)
     qwen2_vl_describer   Describer on the tiny Qwen2-VL checkpoint
-    tiny_grounder        Grounder on the tiny OWLv2 (threshold 0.3)
+    tiny_grounder        Grounder on the tiny OWLv2 (threshold 0.3, CPU)
     photos               non-square real photos from scikit-image, as PIL RGB images
 
 Tests using a describer must be marked ``slow``. Engines are shut down at the end of the session.
@@ -39,7 +39,7 @@ def qwen2_vl_describer(tiny_models):
 def tiny_grounder(tiny_models):
     from annotators.grounder import Grounder
 
-    return Grounder(tiny_models["owlv2"], threshold=0.3)
+    return Grounder(tiny_models["owlv2"], threshold=0.3, device="cpu")  # CPU: the reference the GPU test compares to
 
 
 @pytest.fixture(scope="session")

@@ -76,7 +76,7 @@ def test_frame_matches_transformers_post_processing(tiny_grounder, photos, name)
     boxes in the padded square, whose origin is the image's (OWLv2 pads bottom/right); dividing by (w, h) and
     clipping must give our boxes exactly."""
     im, d = photos[name], ["a rocket", "the sky", "a tower"]
-    g = Grounder(tiny_grounder.model_name, threshold=0.3, max_boxes=1000)
+    g = Grounder(tiny_grounder.model_name, device="cpu", threshold=0.3, max_boxes=1000)
     ours = g.ground([im], [d])[0]
     proc, model = g.processor, g.model
     with torch.no_grad():
@@ -108,9 +108,9 @@ def test_padded_queries_never_win(tiny_grounder, photos):
 
 def test_threshold_max_boxes_and_nms(tiny_grounder, photos):
     im, d = photos["rocket"], ["a rocket", "smoke", "a launch tower"]
-    base = Grounder(tiny_grounder.model_name, threshold=0.3)
-    strict = Grounder(tiny_grounder.model_name, threshold=0.9, max_boxes=3)
-    nms = Grounder(tiny_grounder.model_name, threshold=0.3, nms=True)
+    base = Grounder(tiny_grounder.model_name, device="cpu", threshold=0.3)
+    strict = Grounder(tiny_grounder.model_name, device="cpu", threshold=0.9, max_boxes=3)
+    nms = Grounder(tiny_grounder.model_name, device="cpu", threshold=0.3, nms=True)
     b, s, n = base.ground([im], [d])[0], strict.ground([im], [d])[0], nms.ground([im], [d])[0]
     _check_output(s, 3, 0.9, max_boxes=3)
     assert s.scores == pytest.approx(b.scores[: len(s.scores)], abs=1e-6)  # a stricter run keeps the top of the list
@@ -129,8 +129,10 @@ def test_bad_inputs_are_per_item(tiny_grounder, photos):
     assert "non-empty strings" in outs[2].error
     with pytest.raises(ValueError, match="2 images but 1"):
         tiny_grounder.ground([photos["chelsea"]] * 2, [["a cat"]])
+    auto = Grounder(tiny_grounder.model_name)  # device=None: CUDA when visible
+    assert auto.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(ValueError, match="threshold"):
-        Grounder(tiny_grounder.model_name, threshold=1.5)
+        Grounder(tiny_grounder.model_name, device="cpu", threshold=1.5)
 
 
 @pytest.mark.parametrize("name,axis", [("coffee", "rows"), ("astronaut_portrait", "cols")])
