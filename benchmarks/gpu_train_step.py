@@ -79,6 +79,50 @@ def matmul_peak(device, dtype, n: int, reps: int) -> float:
     return 2 * n**3 / best
 
 
+def _median_time(fn, device, steps: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    ts = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+def breakdown(model, loss_fn, batch, device, dtype, use_autocast, steps, warmup) -> dict:
+    """Milliseconds of each part, forward + backward, inputs detached so only that part runs."""
+
+    def ac():
+        return torch.autocast(device_type=device.type, dtype=dtype, enabled=use_autocast)
+
+    def fb(fn):
+        def run():
+            with ac():
+                y = fn()
+            y = y if isinstance(y, dict) else {"y": y}
+            sum(v.float().sum() for v in y.values() if isinstance(v, torch.Tensor) and v.requires_grad).backward()
+        return run
+
+    with torch.no_grad(), ac():
+        tokens = model.image_tokens(batch["images"])
+        outs = model(batch)
+    leaves = {k: (v.detach().float().requires_grad_(True) if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
+              for k, v in outs.items()}
+    parts = {
+        "image tower": fb(lambda: model.image_tokens(batch["images"])),
+        "text tower: captions": fb(lambda: model.encode_text(batch["captions"])),
+        "text tower: descriptions": fb(lambda: model.encode_text(batch["target_desc_tokens"])),
+    }
+    if model.decoder is not None:
+        parts["region decoder"] = fb(lambda: model.decoder(tokens.detach().requires_grad_(True)))
+        parts["Hungarian matching"] = lambda: loss_fn.matcher(outs["pred_boxes"].float(), batch["target_boxes"], batch["target_image"])
+    parts["losses (incl. matching)"] = lambda: loss_fn(leaves, batch)["loss"].backward()
+    return {k: 1e3 * _median_time(fn, device, steps, warmup) for k, fn in parts.items()}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="vit-b-16", choices=["vit-b-16", "tiny"])
@@ -92,6 +136,7 @@ def main(argv=None) -> int:
     p.add_argument("--desc-len", type=int, default=16, help="description token length (≤ 32)")
     p.add_argument("--matmul-n", type=int, default=None, help="size of the peak-rate matmul (default 8192 cuda, 1024 cpu)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model first")
+    p.add_argument("--breakdown", action="store_true", help="also time each part (forward + backward) in isolation")
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args(argv)
 
@@ -164,8 +209,12 @@ def main(argv=None) -> int:
         "dtype": str(dtype).replace("torch.", ""), "batch_size": args.batch_size, "compile": args.compile,
         "step_s": t_step, "samples_per_s": args.batch_size / t_step, "flops_per_step": flops,
         "achieved_tflops": achieved / 1e12, "matmul_peak_tflops": peak / 1e12, "mfu": achieved / peak,
-        "peak_mem_gib": peak_mem / 2**30, "loss": float(losses["loss"]), "torch": torch.__version__,
+        "peak_mem_gib": peak_mem / 2**30, "loss": float(losses["loss"].detach()), "torch": torch.__version__,
     }
+    if args.breakdown:
+        res["breakdown_ms"] = breakdown(model, loss_fn, batch, device, dtype, use_autocast, args.steps, args.warmup)
+        for k, v in res["breakdown_ms"].items():
+            print(f"  {k:<28} {v:8.2f} ms  {100 * v / (t_step * 1e3):5.1f} % of the step")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=2)
