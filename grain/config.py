@@ -111,6 +111,9 @@ class LossConfig:
     cost_giou: float = 2.0
     # The release counts a candidate whose text equals the positive's as a negative; masking fixes it.
     mask_identical_descriptions: bool = True
+    # Auxiliary L_box + L_rd on every earlier decoder layer (DETR-style; off in the release). Needs
+    # the model's forward(batch, return_intermediate=True).
+    aux_loss: bool = False
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -1,7 +1,9 @@
 """GRAIN's training objective (METHOD.md §3): L = L_ic + λ_box·(L1 + L_GIoU) + λ_rd·L_rd.
 
 ``GrainLoss(cfg, rank, world_size)(outputs, batch)`` → ``dict[str, Tensor]`` with ``loss_ic``,
-``loss_l1``, ``loss_giou``, ``loss_rd`` and ``loss`` (the weighted sum to back-propagate).
+``loss_l1``, ``loss_giou``, ``loss_rd`` and ``loss`` (the weighted sum to back-propagate); with
+``cfg.aux_loss`` also ``loss_l1_i``/``loss_giou_i``/``loss_rd_i`` for each earlier decoder layer i
+(last decoder layer only by default, as the release).
 ``outputs`` is ``GrainModel.forward``'s dict, ``batch`` is ``grain.data.make_batch``'s.
 
 Distributed contract (any number of ranks, including one process without a process group):
@@ -94,6 +96,15 @@ class GrainLoss(nn.Module):
         losses["loss"] = (
             losses["loss_ic"] + c.lambda_box * (losses["loss_l1"] + losses["loss_giou"]) + c.lambda_rd * losses["loss_rd"]
         )
+        if c.aux_loss and pred is not None:
+            if "aux" not in outputs:
+                raise ValueError("LossConfig.aux_loss needs the model's forward(batch, return_intermediate=True)")
+            for i, aux in enumerate(outputs["aux"]):
+                bi, qi, ti = self.matcher(aux["pred_boxes"].detach(), tb, timg)  # each layer matched on its own
+                box = self._box_losses(aux["pred_boxes"], tb, bi, qi, ti)
+                rd = self._rd_loss(dict(outputs, region_embed=aux["region_embed"]), batch, bi, qi, ti, scale, rd_group)
+                losses[f"loss_l1_{i}"], losses[f"loss_giou_{i}"], losses[f"loss_rd_{i}"] = box["loss_l1"], box["loss_giou"], rd
+                losses["loss"] = losses["loss"] + c.lambda_box * (box["loss_l1"] + box["loss_giou"]) + c.lambda_rd * rd
         return losses
 
     @staticmethod

@@ -116,11 +116,12 @@ class GrainModel(nn.Module):
         """exp(logit_scale), with the parameter clamped to ≤ ln(100) (METHOD §2)."""
         return self.logit_scale.clamp(max=self.cfg.logit_scale_max).exp()
 
-    def forward(self, batch: dict) -> dict:
+    def forward(self, batch: dict, return_intermediate: bool = False) -> dict:
         """batch (``grain.data.make_batch``) → image outputs + ``text_embed`` [B, D] (captions),
         ``desc_embed`` [M, D] (one per target box; [0, D] for the baseline) and ``logit_scale``
-        (a scalar: exp'd and clamped ≤ 100). Embeddings unnormalised."""
-        out = self.encode_image(batch["images"], return_intermediate=bool(batch.get("return_intermediate", False)))
+        (a scalar: exp'd and clamped ≤ 100). Embeddings unnormalised. ``return_intermediate`` adds
+        the decoder's earlier layers under ``aux`` (needed by ``LossConfig.aux_loss``)."""
+        out = self.encode_image(batch["images"], return_intermediate=return_intermediate)
         out["text_embed"] = self.encode_text(batch["captions"])
         desc = batch.get("target_desc_tokens")
         if self.decoder is not None and desc is not None and desc.shape[0] > 0:

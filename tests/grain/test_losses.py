@@ -132,3 +132,16 @@ def test_loss_world_mismatch_is_an_error():
     outputs, batch = _outputs_and_batch(gen)
     with pytest.raises(RuntimeError, match="rank 1 of 2"):
         GrainLoss(rank=1, world_size=2)(outputs, batch)
+
+
+def test_aux_loss_adds_per_layer_terms(tiny_cfg, small_batch):
+    m = seeded_model(tiny_cfg)
+    out = m(small_batch, return_intermediate=True)
+    assert len(out["aux"]) == tiny_cfg.decoder_layers - 1
+    plain = GrainLoss()(out, small_batch)
+    aux = GrainLoss(LossConfig(aux_loss=True))(out, small_batch)
+    assert {"loss_l1_0", "loss_giou_0", "loss_rd_0"} <= set(aux)
+    extra = 1.5 * (aux["loss_l1_0"] + aux["loss_giou_0"]) + aux["loss_rd_0"]
+    assert torch.allclose(aux["loss"], plain["loss"] + extra, atol=1e-5)
+    with pytest.raises(ValueError, match="return_intermediate"):
+        GrainLoss(LossConfig(aux_loss=True))(m(small_batch), small_batch)
