@@ -52,8 +52,10 @@ def _autocast(device, precision: str):
 
 def train_loop(loop_config: dict, session=None) -> None:
     """Train on this worker. ``loop_config``: ``config`` (TrainConfig dict), ``index`` (DataIndex),
-    ``steps_per_epoch``, ``total_steps``, ``warmup_steps``, ``log_dir`` (local, rank 0 writes
-    metrics there), optional ``resume_from`` (a checkpoint directory)."""
+    ``steps_per_epoch``, ``total_steps``, ``warmup_steps``, ``log_dir`` (local directory where rank 0
+    writes metrics; None: a temp directory on rank 0's node), ``log_uri`` (remote output: rank 0
+    continues the metrics found there and uploads its logs at each checkpoint and at the end),
+    ``keys_dir``, optional ``resume_from`` (a checkpoint directory)."""
     from grain.losses import GrainLoss
     from grain.model import build_model
     from trainers.metrics import MetricsLogger
@@ -98,7 +100,13 @@ def train_loop(loop_config: dict, session=None) -> None:
             if rank == 0:
                 print(f"[grain train] resumed from {ckpt_dir} at step {step} ({samples_seen} samples)")
 
-    logger = MetricsLogger(loop_config["log_dir"]) if rank == 0 else None
+    log_dir, log_uri = loop_config.get("log_dir"), loop_config.get("log_uri")
+    logger = None
+    if rank == 0:
+        log_dir = log_dir or tempfile.mkdtemp(prefix="grain-train-logs-")
+        if log_uri:
+            _download_metrics(log_uri, log_dir)  # a resumed run appends to the earlier records
+        logger = MetricsLogger(log_dir)
     keys_file = None
     if cfg.log_sample_keys and loop_config.get("keys_dir"):
         os.makedirs(loop_config["keys_dir"], exist_ok=True)
@@ -170,6 +178,9 @@ def train_loop(loop_config: dict, session=None) -> None:
                                       f"lr {lr:.2e} {last_metrics['samples_per_s']:.1f} samples/s "
                                       f"(data {t_data:.3f}s, compute {t_step - t_data:.3f}s)", flush=True)
                         if do_ckpt:
+                            if logger and log_uri:
+                                logger.flush()
+                                _upload_logs(log_dir, log_uri)
                             _checkpoint(session, last_metrics, model, optimizer, scheduler, step, spe,
                                         samples_seen, cfg, mcfg, lcfg, world)
                         else:
@@ -185,8 +196,26 @@ def train_loop(loop_config: dict, session=None) -> None:
     finally:
         if logger:
             logger.close()
+            if log_uri:
+                _upload_logs(log_dir, log_uri)
         if keys_file:
             keys_file.close()
+
+
+def _download_metrics(log_uri: str, log_dir: str) -> None:
+    from grain import storage
+
+    src = storage.join(log_uri, "metrics.jsonl")
+    if storage.exists(src):
+        with open(os.path.join(log_dir, "metrics.jsonl"), "wb") as f:
+            f.write(storage.read_bytes(src))
+
+
+def _upload_logs(log_dir: str, log_uri: str) -> None:
+    """metrics.jsonl and tensorboard/ of rank 0's node → the remote output (each file one atomic write)."""
+    from grain import storage
+
+    storage.put_dir(log_dir, log_uri, commit=False)
 
 
 def _checkpoint(session, metrics, model, optimizer, scheduler, step, spe, samples_seen, cfg, mcfg, lcfg, world):

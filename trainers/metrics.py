@@ -34,6 +34,11 @@ class MetricsLogger:
                     group = "loss" if k.startswith("loss") else "train"
                     self._tb.add_scalar(f"{group}/{k}", v, step)
 
+    def flush(self) -> None:
+        self._f.flush()
+        if self._tb is not None:
+            self._tb.flush()
+
     def close(self) -> None:
         self._f.close()
         if self._tb is not None:

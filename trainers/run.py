@@ -12,10 +12,11 @@ Output layout (``cfg.output``, a local path or fsspec URI)::
     ray/<run_name>/     Ray Train's run directory: checkpoint_* with state.pt (resume)
     sample_keys/        per-rank keys of every step (only with log_sample_keys)
 
-Local outputs are written in place (a multi-node cluster needs a shared filesystem for metrics; the
-checkpoints always go through Ray's storage). For a URI output, metrics are written to a local
-staging directory and uploaded at the end; checkpoints go to ``storage_path`` through
-``RunConfig(storage_filesystem=...)``.
+Local outputs are written in place (a multi-node cluster then needs a shared filesystem for the
+metrics; checkpoints always go through Ray's storage). For a URI output, rank 0 writes metrics to a
+local directory on its node and uploads them at every checkpoint and at the end (a resumed run first
+downloads and continues them); checkpoints go to ``storage_path`` via ``RunConfig(storage_filesystem=...)``.
+A rerun keeps the earlier attempts' run.json entries under ``history``.
 """
 
 from __future__ import annotations
@@ -126,7 +127,6 @@ def run_training(cfg: TrainConfig) -> dict:
     run_name = cfg.run_name or os.path.basename(out) or "grain-train"
     storage_path = cfg.storage_path or storage.join(out, "ray")
     local_out = storage.is_local(out)
-    log_dir = out if local_out else tempfile.mkdtemp(prefix="grain-train-logs-")
 
     index = build_index(cfg.data.path)
     world = max(1, cfg.workers)
@@ -146,12 +146,20 @@ def run_training(cfg: TrainConfig) -> dict:
         "ray": {"run_name": run_name, "storage_path": storage_path},
     }
     run_json = storage.join(out, "run.json")
+    if storage.exists(run_json):  # a rerun (resume): keep what the earlier attempts recorded
+        try:
+            prev = json.loads(storage.read_bytes(run_json))
+            run_info["history"] = prev.pop("history", []) + [
+                {k: prev.get(k) for k in ("status", "started_at", "finished_at", "error", "result")}]
+        except ValueError:
+            run_info["history"] = [{"unreadable_run_json": True}]
     _write_json(run_json, run_info)
     print(f"[grain train] {index.num_ok} rows from {len(index.files)} shard(s) (skipped {index.skipped or 'none'}); "
           f"{spe} steps/epoch × {cfg.epochs} epochs, global batch {cfg.batch_size * world}", flush=True)
 
     loop_config = {"config": cfg.to_dict(), "index": index, "steps_per_epoch": spe, "total_steps": total,
-                   "warmup_steps": warmup, "log_dir": log_dir,
+                   "warmup_steps": warmup, "log_dir": out if local_out else None,
+                   "log_uri": None if local_out else out,
                    "keys_dir": os.path.join(out, "sample_keys") if local_out else None}
     try:
         if cfg.workers == 0:
@@ -170,11 +178,17 @@ def run_training(cfg: TrainConfig) -> dict:
 
     from trainers.metrics import plot_loss_curves, read_metrics
 
+    log_dir = out
+    if not local_out:  # rank 0 uploaded its logs; plot from a local copy
+        log_dir = tempfile.mkdtemp(prefix="grain-train-plot-")
+        with open(os.path.join(log_dir, "metrics.jsonl"), "wb") as f:
+            f.write(storage.read_bytes(storage.join(out, "metrics.jsonl")))
     metrics_path = os.path.join(log_dir, "metrics.jsonl")
     png = plot_loss_curves(metrics_path, os.path.join(log_dir, "loss_curves.png"), title=f"{run_name} ({cfg.model.get('kind', 'grain')})")
     records = read_metrics(metrics_path)
-    if not local_out:  # upload the staged logs next to the checkpoints
-        storage.put_dir(log_dir, out, commit=False)
+    if png and not local_out:
+        with open(png, "rb") as f:
+            storage.atomic_write_bytes(storage.join(out, "loss_curves.png"), f.read(), commit=False)
     result = {
         "output": out,
         "final_checkpoint": storage.join(out, "final.pt"),
