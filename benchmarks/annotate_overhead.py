@@ -5,8 +5,8 @@
 Same models (``grain models build-tiny --size bench``: sized so a bare call costs ≥ 50 ms per image on
 CPU), same batch size, same decode. Bare: decode_image → Describer.describe → Grounder.ground, in this
 process. Pipeline: ``run_annotation`` (read → decode → actor pools → per-shard commit). Both in
-steady state (engine start excluded): the bare loop after a warm-up batch; the pipeline between the
-commit of its first shard and its last (shard commit times are in manifest.json). Prints images/s of
+steady state (engine start excluded): the bare loop after a warm-up batch; the pipeline as rows per
+shard over the median gap between consecutive shard commits (manifest.json). Prints images/s of
 each, the ratio (goal ≥ 0.9) and where the bare time goes.
 """
 
