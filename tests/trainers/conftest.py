@@ -26,3 +26,15 @@ def boxless_shards(session_tmp):
     if not os.path.isdir(d):
         write_fixture_shards(d, FixtureSpec(num_shards=2, rows_per_shard=8, max_objects=0, min_objects=0, seed=5))
     return d
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One intra-op thread per test (restored after): on a shared 2-core machine oversubscribed
+    OpenMP threads made tiny CPU steps ~10× slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
