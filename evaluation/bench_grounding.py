@@ -85,8 +85,40 @@ def parse_set_name(name: str) -> tuple[str, str]:
 # Preparation: split, corpus, evaluation sets
 # ---------------------------------------------------------------------------------------------
 
+PREP_KEYS = {"eval": ("sets", "per_class", "seed", "canvas", "min_scale", "max_scale", "photo_background_prob")}
+
+
+def prep_digest(cfg: dict) -> str:
+    """What the corpus and the evaluation sets depend on (not training or scoring options)."""
+    from evaluation.grounded_corpus import FORMAT_VERSION, spec_digest
+
+    ev = {k: cfg["eval"].get(k) for k in PREP_KEYS["eval"]}
+    return spec_digest(FORMAT_VERSION, cfg["classes"], cfg["corpus"], ev)
+
+
 def prepare(cfg: dict, out: str, progress: bool = True) -> dict:
-    """Build (or reuse) the corpus and the evaluation sets. Returns the preparation record."""
+    """Build (or reuse) the corpus and the evaluation sets; returns the preparation record.
+
+    The record is saved as ``out/prepare.json`` with paths relative to ``out``; when its digest
+    matches the config, it is reused as is (no npm packages or Tux Paint needed: a prepared output
+    folder can be copied to another machine and trained there)."""
+    record_path = os.path.join(out, "prepare.json")
+    digest = prep_digest(cfg)
+    if os.path.exists(record_path):
+        with open(record_path, encoding="utf-8") as f:
+            rec = json.load(f)
+        paths = [os.path.join(out, p) for p in rec.get("eval_sets", {}).values()] + [os.path.join(out, "corpus")]
+        if rec.get("digest") == digest and all(os.path.isdir(p) for p in paths):
+            rec["eval_sets"] = {k: os.path.join(out, v) for k, v in rec["eval_sets"].items()}
+            return rec
+    rec = _build_prepared(cfg, out, progress)
+    rec["digest"] = digest
+    with open(record_path, "w", encoding="utf-8") as f:
+        json.dump({**rec, "eval_sets": {k: os.path.relpath(v, out) for k, v in rec["eval_sets"].items()}}, f, indent=1)
+    return rec
+
+
+def _build_prepared(cfg: dict, out: str, progress: bool) -> dict:
     from evaluation import grounded_corpus as gc
     from evaluation.datasets import ensure_npm_packages, node_modules_dir
     from evaluation.emoji import descriptors_for, load_emoji_metadata, select
@@ -166,7 +198,7 @@ def run_one(cfg: dict, prep: dict, arm: str, seed: int, out: str) -> dict:
     ecfg = EvalConfig(checkpoint=final, datasets=[prep["eval_sets"][s] for s in e["sets"]],
                       output=os.path.join(run_dir, "eval"), alphas=[float(a) for a in e.get("alphas", [1.0, 0.5])],
                       batch_size=int(e.get("batch_size", 64)), templates=e.get("templates"), model_name=f"{arm}-seed{seed}",
-                      build_missing=False)
+                      device=str(e.get("device", "cpu")), build_missing=False)
     run = run_eval(ecfg)
     print(f"[bench] {arm} seed {seed}: trained in {t1 - t0:.0f} s, evaluated in {time.time() - t1:.0f} s", flush=True)
     return run
@@ -282,6 +314,11 @@ def main(argv: list[str] | None = None) -> int:
     seeds = args.seeds or list(cfg["bench"].get("seeds", [0]))
     arms = args.arms or list(cfg["bench"].get("arms", ["clip", "grain"]))
     command = "grain bench " + " ".join(argv)
+    if cfg["bench"].get("torch_threads"):
+        import torch
+
+        # Evaluation runs in this process; on a busy shared CPU one thread avoids OpenMP spin-waits.
+        torch.set_num_threads(int(cfg["bench"]["torch_threads"]))
     t0 = time.time()
     print(f"[bench] config {cfg['_path']}, output {out}, arms {arms}, seeds {seeds}", flush=True)
     prep = prepare(cfg, out, progress=not args.quiet)

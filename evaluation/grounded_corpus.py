@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 
 from PIL import Image
 
+FORMAT_VERSION = "2"  # bump when the drawing or the encoding changes: cached corpora rebuild
 SPRITE_MAX_SIDE = 96  # px: sprites are cached at most this big; canvases are ~128 px
 MAX_SOURCE_PIXELS = 4096 * 4096  # decode bound for package PNGs (decompression-bomb guard)
 TUXPAINT_DIR = "/usr/share/tuxpaint/stamps"
@@ -252,9 +253,12 @@ def caption_for(names: list[str]) -> str:
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
-def png_bytes(img: Image.Image) -> bytes:
+JPEG_QUALITY = 92  # JPEG like web images; ~3× smaller than PNG, so a 4000-image corpus stays ~25 MB
+
+
+def jpeg_bytes(img: Image.Image) -> bytes:
     buf = io.BytesIO()
-    img.save(buf, format="PNG", optimize=False)
+    img.save(buf, format="JPEG", quality=JPEG_QUALITY)
     return buf.getvalue()
 
 
@@ -271,7 +275,7 @@ def corpus_row(index: int, objects: list[ObjectSpec], spec: CorpusSpec, rng: ran
     rng.shuffle(shuffled)
     row = empty_row(f"g{index:07d}", f"grounded-corpus::{index}")
     row.update(
-        image=png_bytes(canvas), image_width=spec.canvas, image_height=spec.canvas,
+        image=jpeg_bytes(canvas), image_width=spec.canvas, image_height=spec.canvas,
         source_caption=caption_for(names), mllm_caption=f"a picture of {caption_for(shuffled)}.",
         descriptions=descriptions, boxes=boxes, box_scores=[1.0] * len(boxes),
         box_desc_index=[descriptions.index(o.description) for o in objects],
@@ -312,7 +316,7 @@ def build_corpus(out_dir: str, spec: CorpusSpec, emoji: list[ObjectSpec], stamps
 
     if not emoji:
         raise ValueError("build_corpus: no emoji objects to draw from")
-    digest = spec_digest(spec, emoji, stamps)
+    digest = spec_digest(FORMAT_VERSION, spec, emoji, stamps)
     manifest_path = os.path.join(out_dir, "corpus.json")
     if os.path.exists(manifest_path):
         with open(manifest_path, encoding="utf-8") as f:
@@ -350,12 +354,12 @@ def build_corpus(out_dir: str, spec: CorpusSpec, emoji: list[ObjectSpec], stamps
 
 def build_eval_folder(out_dir: str, objects: list[ObjectSpec], descriptors: dict[str, list[str]], per_class: int,
                       seed: int, canvas: int, min_scale: float, max_scale: float, photo_prob: float) -> str:
-    """ImageFolder set: ``per_class`` single-object canvases per class (``<label>/<i>.png``),
+    """ImageFolder set: ``per_class`` single-object canvases per class (``<label>/<i>.jpg``),
     classes.json (folder → name) and descriptors.json (name → descriptors). Rebuilt only when its
     inputs change (``.bench-set.json`` digest)."""
     import shutil
 
-    digest = spec_digest(objects, descriptors, per_class, seed, canvas, min_scale, max_scale, photo_prob)
+    digest = spec_digest(FORMAT_VERSION, objects, descriptors, per_class, seed, canvas, min_scale, max_scale, photo_prob)
     marker = os.path.join(out_dir, ".bench-set.json")
     if os.path.exists(marker):
         with open(marker, encoding="utf-8") as f:
@@ -374,7 +378,7 @@ def build_eval_folder(out_dir: str, objects: list[ObjectSpec], descriptors: dict
         for k in range(per_class):
             img = make_canvas(rng, canvas, photos, photo_prob)
             compose([o], rng, img, min_scale, max_scale)
-            img.save(os.path.join(tmp, folder, f"{k}.png"))
+            img.save(os.path.join(tmp, folder, f"{k}.jpg"), quality=JPEG_QUALITY)
     classes = dict(sorted(classes.items()))  # label order = sorted folder order (evaluation.evalsets)
     with open(os.path.join(tmp, "classes.json"), "w", encoding="utf-8") as f:
         json.dump(classes, f, indent=1, ensure_ascii=False)

@@ -1,0 +1,118 @@
+"""`grain bench grounding`: config handling, identical arms, the summary maths, and (slow) the smoke run."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from evaluation import bench_grounding as bg
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "bench.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_shipped_configs_load_and_fix_the_evaluation_in_advance():
+    for path in (bg.DEFAULT_CONFIG, bg.SMOKE_CONFIG):
+        cfg = bg.load_bench_config(path)
+        e = cfg["eval"]
+        assert e["sets"] and set(e["heldout_sets"]) <= set(e["sets"])
+        assert e["templates"] and e["alphas"][0] == 1.0 and e["primary_variant"] == "descriptors"
+        assert {bg.parse_set_name(s)[1] for s in e["heldout_sets"]} <= {"seen", "unseen"}
+        assert "kind" not in cfg["train"].get("model", {})  # the arm sets it, nothing else differs
+
+
+def test_config_errors_name_the_problem(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        bg.load_bench_config(tmp_path / "nope.yaml")
+    with pytest.raises(ValueError, match="unknown section"):
+        bg.load_bench_config(_write(tmp_path, "bench: {}\ntrian: {}\n"))
+    with pytest.raises(ValueError, match="model.kind"):
+        bg.load_bench_config(_write(tmp_path, "train: {model: {kind: clip}}\n"))
+    with pytest.raises(ValueError, match="--set"):
+        bg.load_bench_config(bg.SMOKE_CONFIG, ["max_steps=3"])
+    with pytest.raises(ValueError, match="twitter-sen"):
+        bg.parse_set_name("twitter-sen")
+    cfg = bg.load_bench_config(bg.SMOKE_CONFIG, ["train.max_steps=3", "eval.per_class=4"])
+    assert cfg["train"]["max_steps"] == 3 and cfg["eval"]["per_class"] == 4
+
+
+def test_arms_differ_only_in_model_kind(tmp_path):
+    cfg = bg.load_bench_config(bg.DEFAULT_CONFIG)
+    a = bg.train_config_for(cfg, "grain", 1, "/data", str(tmp_path / "runs" / "grain-seed1" / "train")).to_dict()
+    b = bg.train_config_for(cfg, "clip", 1, "/data", str(tmp_path / "runs" / "clip-seed1" / "train")).to_dict()
+    assert a["model"]["kind"] == "grain" and b["model"]["kind"] == "clip" and a["seed"] == b["seed"] == 1
+    for d in (a, b):
+        d["model"].pop("kind"), d.pop("output"), d.pop("run_name")
+    assert a == b
+    with pytest.raises(ValueError, match="arm"):
+        bg.train_config_for(cfg, "dino", 0, "/data", str(tmp_path))
+
+
+def _run(acc: dict[tuple[str, str], float]) -> dict:
+    return {"results": [{"dataset": d, "variant": v, "metrics": {"acc1": a}} for (d, v), a in acc.items()]}
+
+
+def test_summary_means_stds_and_deltas():
+    cfg = {"eval": {"sets": ["twitter-seen", "google-seen"], "heldout_sets": ["twitter-seen"], "primary_variant": "descriptors"}}
+    runs = {
+        ("clip", 0): _run({("twitter-seen", "names"): 0.10, ("twitter-seen", "descriptors"): 0.20, ("google-seen", "descriptors"): 0.5}),
+        ("clip", 1): _run({("twitter-seen", "names"): 0.20, ("twitter-seen", "descriptors"): 0.30, ("google-seen", "descriptors"): 0.5}),
+        ("grain", 0): _run({("twitter-seen", "names"): 0.30, ("twitter-seen", "descriptors"): 0.40,
+                            ("twitter-seen", "fusion_a0.5"): 0.45, ("google-seen", "descriptors"): 0.4}),
+        ("grain", 1): _run({("twitter-seen", "names"): 0.30, ("twitter-seen", "descriptors"): 0.20,
+                            ("twitter-seen", "fusion_a0.5"): 0.35, ("google-seen", "descriptors"): 0.6}),
+    }
+    s = bg.summarize(runs, cfg)
+    rows = {(r["set"], r["variant"]): r for r in s["rows"]}
+    assert [k for k in rows] == [("twitter-seen", "names"), ("twitter-seen", "descriptors"), ("twitter-seen", "fusion_a0.5"),
+                                 ("google-seen", "descriptors")]
+    r = rows[("twitter-seen", "names")]
+    assert r["clip"]["mean"] == pytest.approx(15.0) and r["clip"]["std"] == pytest.approx(7.0710678)
+    assert r["grain"]["std"] == pytest.approx(0.0) and r["delta"] == pytest.approx(15.0) and r["heldout"]
+    f = rows[("twitter-seen", "fusion_a0.5")]
+    assert "clip" not in f and f["delta_vs"] == "descriptors" and f["delta"] == pytest.approx(40.0 - 25.0)
+    assert s["grain_minus_clip"] == pytest.approx({"twitter-seen": 5.0, "google-seen": 0.0})
+    md = bg.summary_markdown(s, "grain bench grounding")
+    assert "| twitter-seen (held-out) | names | 15.0 ± 7.1 | 30.0 ± 0.0 | +15.0 |" in md
+    assert "twitter-seen +5.0" in md
+
+
+def test_cli_help_and_bad_usage(capsys):
+    with pytest.raises(SystemExit) as e:
+        bg.main(["grounding", "--help"])
+    assert e.value.code == 0 and "--smoke" in capsys.readouterr().out
+    assert bg.main(["nothing"]) == 2
+    assert bg.main(["grounding", "--config", "/nonexistent.yaml"]) == 2
+    assert "/nonexistent.yaml" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_smoke_benchmark_end_to_end_and_resume(tmp_path, capsys):
+    """The CI smoke run: corpus → both arms through the trainer → run_eval → table/PNG; a rerun skips."""
+    pytest.importorskip("skimage")
+    from evaluation.datasets import node_modules_dir
+
+    if not os.path.exists(os.path.join(node_modules_dir(), "emoji-datasource-twitter", "package.json")):
+        pytest.skip("emoji npm packages not installed (grain data build)")
+    out = tmp_path / "smoke"
+    assert bg.main(["grounding", "--smoke", "--output", str(out), "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    cfg = bg.load_bench_config(bg.SMOKE_CONFIG)
+    assert set(summary["grain_minus_clip"]) == set(cfg["eval"]["sets"])
+    variants = {(r["set"], r["variant"]) for r in summary["rows"]}
+    for s in cfg["eval"]["sets"]:
+        assert {(s, "names"), (s, "descriptors"), (s, "fusion_a0.5")} <= variants
+    for arm in ("clip", "grain"):
+        run = json.loads((out / "runs" / f"{arm}-seed0" / "eval" / "results.json").read_text())
+        assert run["kind"] == arm
+        train = json.loads((out / "runs" / f"{arm}-seed0" / "train" / "run.json").read_text())
+        assert train["status"] == "done" and train["result"]["steps"] == cfg["train"]["max_steps"]
+    assert (out / "summary.png").stat().st_size > 1000
+    capsys.readouterr()
+    assert bg.main(["grounding", "--smoke", "--output", str(out), "--quiet"]) == 0  # resumable: nothing retrained
+    assert capsys.readouterr().out.count("done before, skipped") == 2
