@@ -36,9 +36,9 @@ def tiny_batch(fixture_rows, tiny_cfg):
 
 @pytest.fixture(scope="session")
 def small_batch(fixture_rows, tiny_cfg):
-    """The first 6 rows only (cheaper backward passes; 14 boxes, repeated descriptions across images)."""
+    """The first 4 rows only (cheaper backward passes; 9 boxes, descriptions repeated across images)."""
     samples = []
-    for r in fixture_rows[:6]:
+    for r in fixture_rows[:4]:
         s = sample_from_row(r, tiny_cfg, random.Random(0))
         s["caption"] = r["source_caption"]
         samples.append(s)
