@@ -111,6 +111,21 @@ class GrainModel(nn.Module):
         pooled = x[torch.arange(n, device=x.device), tokens.argmax(dim=-1)]
         return pooled @ t.text_projection
 
+    def _encode_descriptions(self, tokens: torch.Tensor, text_id: torch.Tensor | None) -> torch.Tensor:
+        """[M, Ld] → [M, D], encoding each distinct text once (boxes often share a description;
+        equal ``target_text_id`` ⇔ identical text). Rows are copied back by index, so gradients
+        add up exactly as if every row had been encoded."""
+        if text_id is None:
+            return self.encode_text(tokens)
+        text_id = text_id.to(tokens.device)
+        uniq, inverse = torch.unique(text_id, return_inverse=True)
+        if len(uniq) == len(text_id):
+            return self.encode_text(tokens)
+        pos = torch.arange(len(text_id), device=tokens.device)
+        first = torch.full((len(uniq),), len(text_id), dtype=torch.long, device=tokens.device)
+        first = first.scatter_reduce(0, inverse, pos, reduce="amin")  # first row of each distinct text
+        return self.encode_text(tokens[first])[inverse]
+
     # -------------------------------------------------------------------------------- training
     def scale(self) -> torch.Tensor:
         """exp(logit_scale), with the parameter clamped to ≤ ln(100) (METHOD §2)."""
@@ -125,7 +140,7 @@ class GrainModel(nn.Module):
         out["text_embed"] = self.encode_text(batch["captions"])
         desc = batch.get("target_desc_tokens")
         if self.decoder is not None and desc is not None and desc.shape[0] > 0:
-            out["desc_embed"] = self.encode_text(desc)
+            out["desc_embed"] = self._encode_descriptions(desc, batch.get("target_text_id"))
         else:
             out["desc_embed"] = out["text_embed"].new_zeros(0, self.cfg.embed_dim)
         out["logit_scale"] = self.scale()

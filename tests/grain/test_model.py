@@ -132,3 +132,13 @@ def test_config_round_trip_and_errors():
         ModelConfig.preset("vit-z")
     with pytest.raises(ValueError, match="kind"):
         ModelConfig(kind="blip")
+
+
+def test_repeated_descriptions_encoded_once_same_result(tiny_cfg, tiny_batch):
+    m = seeded_model(tiny_cfg).eval()
+    ids = tiny_batch["target_text_id"]
+    assert len(ids.unique()) < len(ids)  # the fixture repeats descriptions
+    with torch.no_grad():
+        deduped = m(tiny_batch)["desc_embed"]
+        full = m.encode_text(tiny_batch["target_desc_tokens"])
+    assert torch.allclose(deduped, full, atol=1e-5)
