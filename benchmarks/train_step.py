@@ -109,8 +109,17 @@ def main(argv=None) -> int:
         loss.backward()
         opt.step()
 
-    t_grain = _timeit(lambda: step(grain), args.steps, args.warmup)
-    t_clip = _timeit(lambda: step(clip), args.steps, args.warmup)
+    # Interleaved (GRAIN, CLIP, GRAIN, ...) so a load change on a shared machine hits both alike.
+    for _ in range(args.warmup):
+        step(grain)
+        step(clip)
+    tg, tc = [], []
+    for _ in range(args.steps):
+        for model, acc in ((grain, tg), (clip, tc)):
+            t = time.perf_counter()
+            step(model)
+            acc.append(time.perf_counter() - t)
+    t_grain, t_clip = statistics.median(tg), statistics.median(tc)
 
     # ---- parts, each forward + backward in isolation (inputs detached so nothing else runs) ----
     images, caps, descs = batch["images"], batch["captions"], batch["target_desc_tokens"]

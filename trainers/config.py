@@ -75,6 +75,7 @@ class TrainConfig:
     storage_path: str | None = None  # RunConfig storage; default: <output>/ray
     ray_address: str | None = None  # None: start/join per ray.init defaults ("auto" to join a cluster)
     find_unused_parameters: bool = False  # GrainLoss keeps region heads in the graph on box-less ranks (zero-valued terms)
+    debug_fail_at_step: int | None = None  # chaos test: the last rank raises once before this step (local output)
     log_sample_keys: bool = False  # write <output>/sample_keys/rank<r>.jsonl (resume tests, audits)
 
     def validate(self) -> "TrainConfig":

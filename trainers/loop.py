@@ -133,6 +133,7 @@ def train_loop(loop_config: dict, session=None) -> None:
                 t_wait = time.perf_counter()
                 for batch, keys, stats in stream:
                     t_data = time.perf_counter() - t_wait
+                    _maybe_inject_failure(cfg, step + 1, rank, world)
                     torch.manual_seed(step_seed(cfg.seed, step, rank))  # dropout draws: f(seed, step, rank)
                     model.train()
                     batch = _to_device(batch, device)
@@ -200,6 +201,19 @@ def train_loop(loop_config: dict, session=None) -> None:
                 _upload_logs(log_dir, log_uri)
         if keys_file:
             keys_file.close()
+
+
+def _maybe_inject_failure(cfg, next_step: int, rank: int, world: int) -> None:
+    """``debug_fail_at_step``: the last rank raises once (a marker file in the output remembers it),
+    so tests can check that FailureConfig restarts the group from the latest checkpoint."""
+    if cfg.debug_fail_at_step != next_step or rank != world - 1:
+        return
+    marker = os.path.join(cfg.output, f".failure-injected-at-step-{next_step}")
+    if os.path.exists(marker):
+        return
+    with open(marker, "w") as f:
+        f.write("injected\n")
+    raise RuntimeError(f"debug_fail_at_step: injected failure before step {next_step} on rank {rank}")
 
 
 def _download_metrics(log_uri: str, log_dir: str) -> None:

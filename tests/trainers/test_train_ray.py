@@ -40,7 +40,7 @@ def _keys(out):
     by_rank = {}
     for r in (0, 1):
         with open(os.path.join(out, "sample_keys", f"rank{r}.jsonl")) as f:
-            by_rank[r] = {json.loads(line)["step"]: json.loads(line)["keys"] for line in f}
+            by_rank[r] = {json.loads(line)["step"]: json.loads(line)["keys"] for line in f}  # last record wins
     return by_rank
 
 
@@ -82,8 +82,12 @@ def test_stopped_then_rerun_matches_an_uninterrupted_run(full_run, small_shards,
     out = str(tmp_path_factory.mktemp("train") / "resumed")
     part = run_training(_cfg(small_shards, out, max_steps=STOP))
     assert part["steps"] == STOP
-    done = run_training(_cfg(small_shards, out))  # same output → same Ray run name/storage → resumes
+    # Same output → same Ray run name/storage → resumes at STOP. On the way, a worker fails once before
+    # step 6; FailureConfig restarts the group from the step-4 checkpoint and steps 5–6 are redone.
+    done = run_training(_cfg(small_shards, out, max_failures=1, debug_fail_at_step=6))
     assert done["steps"] == STEPS
+    assert os.path.exists(os.path.join(out, ".failure-injected-at-step-6"))
+    assert len(json.load(open(os.path.join(out, "run.json")))["history"]) == 1
     ref_keys, keys = _keys(ref_out), _keys(out)
     for r in (0, 1):
         assert sorted(keys[r]) == list(range(1, STEPS + 1))
