@@ -21,8 +21,8 @@ import sys
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="grain train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="directory or URI (s3://…) of annotated Parquet shards")
-    p.add_argument("--output", required=True, help="run directory or URI (run.json, metrics, final.pt, checkpoints)")
+    p.add_argument("--data", help="directory or URI (s3://…) of annotated Parquet shards (else the run file's data.path)")
+    p.add_argument("--output", help="run directory or URI: run.json, metrics, final.pt, checkpoints (else the run file's output)")
     p.add_argument("--profile", choices=["tiny", "paper"], help="base run file: tiny → configs/tiny-cpu.yaml, paper → configs/vit-b-16-cc12m.yaml")
     p.add_argument("--config", help="run file (YAML; a `train:` section or a flat training config), applied after --profile")
     p.add_argument("--baseline", action="store_true", help="train the CLIP-only baseline (model.kind=clip: no decoder, L_ic only)")
@@ -42,7 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace):
     from trainers.config import load_config
 
-    over: dict = {"data": {"path": args.data}, "output": args.output}
+    over: dict = {}
+    if args.data:
+        over["data"] = {"path": args.data}
+    if args.output:
+        over["output"] = args.output
     for name in ("workers", "max_steps", "epochs", "batch_size", "run_name", "ray_address"):
         v = getattr(args, name)
         if v is not None:
