@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config field, e.g. run.batch_size=8 (repeatable)")
     p.add_argument("--ray-address", metavar="ADDR",
                    help="join an existing Ray cluster (e.g. 127.0.0.1:6379 or auto); default: a local Ray")
+    p.add_argument("--dashboard", action="store_true",
+                   help="serve the Ray dashboard (127.0.0.1) of the local Ray started for this run (default: off)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     return p
@@ -49,7 +51,8 @@ def format_summary(s: dict) -> str:
         f"rows:   {s['rows']} processed — ok {counts.get('ok', 0)}, errors {sum(errors.values())}"
         + (" (" + ", ".join(f"{k} {v}" for k, v in sorted(errors.items())) + ")" if errors else ""),
         f"speed:  {s['images_per_s']:.2f} images/s, {s['tokens_per_s']:.1f} generated tokens/s "
-        f"({s['generated_tokens']} tokens, {s['seconds']:.1f} s incl. start-up)",
+        f"({s['generated_tokens']} tokens, {s['seconds']:.1f} s incl. start-up)"
+        + (f"; steady state {s['steady_images_per_s']:.2f} images/s" if s.get("steady_images_per_s") else ""),
         f"output: {s['output']} (manifest.json)",
     ]
     return "\n".join(lines)
@@ -69,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg.run.ray_address = args.ray_address
     if args.no_progress:
         cfg.run.progress = False
+    if args.dashboard:
+        cfg.run.ray_dashboard = True
     from annotators.pipeline import run_annotation
     from annotators.readers import ReaderError
 

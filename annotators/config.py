@@ -28,6 +28,12 @@ class ModelsConfig:
     mllm_family: str = "llava"  # prompt format of the MLLM ("llava", "qwen2_vl", ...)
     detector: str = "tiny"  # "tiny" → the tiny OWLv2; else a hub id or a local dir
     max_new_tokens: int = 256  # MLLM generation budget per image (descriptions + caption)
+    # vLLM structured outputs: generation constrained to the prompt's layout (prompts.answer_regex), so
+    # the parser always finds a caption and ≥ 1 bullet; off = free generation (the release's behaviour).
+    structured_output: bool = False
+    structured_output_backend: str = "guidance"  # vLLM backend: guidance (llguidance) | xgrammar | auto
+    caption_max_chars: int = 300  # regex bound on the caption line (structured_output only)
+    description_max_chars: int = 80  # regex bound on each bullet (structured_output only)
     max_descriptions: int = 10  # METHOD.md §1: at most 10 descriptions per image
     box_threshold: float = 0.3  # METHOD.md §1: keep boxes whose best description score > 0.3
     max_boxes: int = 50  # stored per image, sorted by score; the trainer takes the top 5
@@ -62,12 +68,14 @@ class RunConfig:
     grounder_gpus: float = 0.0
     task_cpus: float = 0.25  # per read/decode task
     decode_batch_size: int = 16
-    max_restarts: int = 3  # actor restarts after an engine/process death (bounded: no endless loop)
-    max_task_retries: int = 3  # retries of the batch that was running when the actor died
+    # Restarts of each model actor after an engine/process death; Ray Data retries the batch that was
+    # running. Bounded by the stage itself (Ray Data's own default is unbounded): no endless loop.
+    max_restarts: int = 3
     max_shards: int | None = None  # process at most this many pending shards, then stop (chunking)
     threads_per_actor: int | None = None  # torch threads in each model actor; None = library default
     ray_address: str | None = None  # None: local Ray (or the one already initialised); else a cluster
     ray_num_cpus: int | None = None  # CPUs of a local Ray started here (None = all)
+    ray_dashboard: bool = False  # a local Ray started here serves its dashboard (127.0.0.1) only when true
     progress: bool = True  # tqdm bar (rows done / total)
     # Fault injection for reliability tests only: {"fail_keys": [key, ...]} makes those rows' MLLM call
     # fail (→ model_error); {"crash_key": key, "crash_marker": path} kills the model actor once.

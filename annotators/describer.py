@@ -18,7 +18,15 @@ import os
 from dataclasses import dataclass, field
 
 from annotators.parse import MAX_DESCRIPTIONS, parse_mllm_output
-from annotators.prompts import DESCRIBE_QUESTION, REQUEST_BUILDERS, ModelRequest, detect_family
+from annotators.prompts import (
+    CAPTION_MAX_CHARS,
+    DESCRIBE_QUESTION,
+    DESCRIPTION_MAX_CHARS,
+    REQUEST_BUILDERS,
+    ModelRequest,
+    answer_regex,
+    detect_family,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +68,11 @@ class Describer:
 
     model: local dir or hub id; family: "llava" | "qwen2_vl" (None: from config.json);
     max_new_tokens: generation budget per image; temperature 0 = greedy (reproducible);
+    structured_output: constrain generation (vLLM structured outputs) to the answer layout the prompt asks
+    for (``prompts.answer_regex``: a ``Caption:`` line, then 1..max_descriptions ``- `` bullets of bounded
+    length). Guarantees the parser's format, even from random-weight models; off = free generation.
+    caption_max_chars / description_max_chars: the regex's line bounds (only with structured_output);
+    structured_output_backend: vLLM's backend ("guidance" = llguidance, tested on CPU; "xgrammar"; "auto").
     engine_kwargs: passed to ``vllm.LLM`` (e.g. gpu_memory_utilization, tensor_parallel_size) and
     override the family's defaults.
     """
@@ -67,7 +80,9 @@ class Describer:
     def __init__(self, model: str, family: str | None = None, max_new_tokens: int = 256,
                  max_descriptions: int = MAX_DESCRIPTIONS, temperature: float = 0.0, seed: int = 0,
                  enforce_eager: bool = False, max_model_len: int = 4096, dtype: str | None = None,
-                 question: str = DESCRIBE_QUESTION, **engine_kwargs):
+                 question: str = DESCRIBE_QUESTION, structured_output: bool = False,
+                 caption_max_chars: int = CAPTION_MAX_CHARS, description_max_chars: int = DESCRIPTION_MAX_CHARS,
+                 structured_output_backend: str = "guidance", **engine_kwargs):
         if not isinstance(model, str) or not model:
             raise ValueError(f"Describer: model must be a local dir or hub id, got {model!r}")
         if max_new_tokens < 1:
@@ -80,15 +95,27 @@ class Describer:
         self.max_descriptions = max_descriptions
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; vLLM's CPU default (4+) is too much here
 
+        # Built before the engine so a bad bound fails fast, naming the argument.
+        self.answer_regex = (answer_regex(max_descriptions, caption_max_chars, description_max_chars)
+                             if structured_output else None)
+
         from vllm import LLM, SamplingParams
 
         engine_kwargs = {k: v for k, v in engine_kwargs.items() if v is not None}
         kwargs = {**self.request.engine_kwargs, "model": model, "enforce_eager": enforce_eager,
-                  "max_model_len": max_model_len, "seed": seed, "dtype": dtype or _default_dtype(), **engine_kwargs}
+                  "max_model_len": max_model_len, "seed": seed, "dtype": dtype or _default_dtype()}
+        if structured_output:
+            kwargs["structured_outputs_config"] = {"backend": structured_output_backend}
+        kwargs.update(engine_kwargs)
         self.engine_kwargs = kwargs
         self.llm = LLM(**kwargs)
+        guided = None
+        if structured_output:
+            from vllm.sampling_params import StructuredOutputsParams
+
+            guided = StructuredOutputsParams(regex=self.answer_regex)
         self.sampling = SamplingParams(max_tokens=max_new_tokens, temperature=temperature, seed=seed,
-                                       stop=self.request.stop)
+                                       stop=self.request.stop, structured_outputs=guided)
 
     def _generate(self, images: list) -> list:
         prompts = [{"prompt": self.request.prompt, "multi_modal_data": {"image": im}} for im in images]

@@ -9,9 +9,12 @@ and recorded in the manifest as soon as all of its rows are back — the read st
 with its shard's row count, so "all rows are back" is exact. Resume: shards already committed are
 skipped; a shard interrupted mid-way has no committed output and is redone whole (no duplicates).
 
-Fault tolerance: model actors run with bounded ``max_restarts``/``max_task_retries``, so a dead
-engine process (the stage exits on vLLM's EngineDeadError) is replaced and its batch retried. A
-failing model call for one image becomes a ``model_error`` row; the job goes on.
+Fault tolerance: Ray Data restarts a dead model actor and retries its batch (its default; the
+``max_restarts`` remote arg of ``map_batches`` is deprecated in Ray 2.60), so a dead engine process
+(the stage exits on vLLM's EngineDeadError) is replaced. ``run.max_restarts`` bounds it: the stage's
+constructor counts restarts and gives up past the bound (stages.count_restart), so a batch that kills
+its engine every time fails the run instead of looping. A failing model call for one image becomes a
+``model_error`` row; the job goes on.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from collections import defaultdict
 from annotators.config import AnnotateConfig
 from annotators.manifest import RunManifest
 from annotators.readers import discover_shards, read_shard
+from annotators.timing import RunTimer
 from annotators.writer import ShardWriter
 from grain.schema import (
     FLAG_MISSING_SOURCE_CAPTION,
@@ -37,9 +41,6 @@ from grain.schema import (
 )
 
 log = logging.getLogger(__name__)
-PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_FORWARD_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "VLLM_CPU_KVCACHE_SPACE", "GRAIN_CACHE", "TOKENIZERS_PARALLELISM",
-                "GRAIN_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
 
 
 def _model_label(path: str) -> str:
@@ -99,19 +100,11 @@ def finalize_row(r: dict, models: dict) -> dict:
 
 
 def _ensure_ray(cfg: AnnotateConfig) -> bool:
-    """Use the Ray already initialised in this process, else start/join one. True if started here."""
-    import ray
+    """Use the Ray already initialised in this process, else join ``run.ray_address`` or start a private
+    local one (annotators/ray_session.py). True if started here."""
+    from annotators.ray_session import ensure_ray
 
-    if ray.is_initialized():
-        return False
-    env = {k: os.environ[k] for k in _FORWARD_ENV if k in os.environ}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (PROJECT_ROOT, os.environ.get("PYTHONPATH")) if p)
-    if cfg.run.ray_address:
-        ray.init(address=cfg.run.ray_address, runtime_env={"env_vars": env}, log_to_driver=False)
-    else:
-        ray.init(address="local", num_cpus=cfg.run.ray_num_cpus, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": env})
-    return True
+    return ensure_ray(cfg.run.ray_address, cfg.run.ray_num_cpus, dashboard=cfg.run.ray_dashboard)
 
 
 def build_dataset(cfg: AnnotateConfig, shards: list, models: dict):
@@ -133,24 +126,25 @@ def build_dataset(cfg: AnnotateConfig, shards: list, models: dict):
                                                            "min_image_side": cfg.limits.min_image_side})
     describer_kwargs = {"max_new_tokens": m.max_new_tokens, "max_descriptions": m.max_descriptions,
                         "enforce_eager": m.enforce_eager, "max_model_len": m.max_model_len,
-                        "gpu_memory_utilization": m.gpu_memory_utilization, **m.extra_engine_args}
+                        "gpu_memory_utilization": m.gpu_memory_utilization,
+                        "structured_output": m.structured_output, "structured_output_backend": m.structured_output_backend,
+                        "caption_max_chars": m.caption_max_chars, "description_max_chars": m.description_max_chars,
+                        **m.extra_engine_args}
     ds = ds.map_batches(
         stages.DescribeStage, batch_size=run.batch_size, batch_format="pyarrow",
         compute=ActorPoolStrategy(min_size=1, max_size=max(1, run.describer_actors)),
         num_cpus=run.describer_cpus, num_gpus=run.describer_gpus or None,
-        max_restarts=run.max_restarts, max_task_retries=run.max_task_retries,
         fn_constructor_kwargs={"model": models["mllm"], "family": m.mllm_family, "describer_kwargs": describer_kwargs,
                                "max_descriptions": m.max_descriptions, "threads": run.threads_per_actor,
-                               "inject": inject})
+                               "inject": inject, "max_restarts": run.max_restarts})
     ds = ds.map_batches(
         stages.GroundStage, batch_size=run.batch_size, batch_format="pyarrow",
         compute=ActorPoolStrategy(min_size=1, max_size=max(1, run.grounder_actors)),
         num_cpus=run.grounder_cpus, num_gpus=run.grounder_gpus or None,
-        max_restarts=run.max_restarts, max_task_retries=run.max_task_retries,
         fn_constructor_kwargs={"model": models["detector"], "max_boxes": m.max_boxes, "threads": run.threads_per_actor,
                                "grounder_kwargs": {"threshold": m.box_threshold, "nms_iou": m.nms_iou,
                                                    "max_boxes": m.max_boxes, "batch_size": run.batch_size},
-                               "inject": inject})
+                               "inject": inject, "max_restarts": run.max_restarts})
     return ds
 
 
@@ -181,31 +175,31 @@ def run_annotation(cfg: AnnotateConfig) -> dict:
         pending, left = pending[: cfg.run.max_shards], pending[cfg.run.max_shards:]
     counts: dict[str, int] = defaultdict(int)
     tokens = rows_done = 0
-    t_first = None
+    timer = RunTimer()
     if pending:
         started_ray = _ensure_ray(cfg)
         try:
-            rows_done, tokens, t_first = _execute(cfg, pending, models, writer, manifest, counts)
+            rows_done, tokens = _execute(cfg, pending, models, writer, manifest, counts, timer)
         finally:
             if started_ray:
                 import ray
 
                 ray.shutdown()
     seconds = time.perf_counter() - t0
-    steady = (time.perf_counter() - t_first) if t_first else 0.0
+    timing = timer.summary()
     summary = {
         "output": cfg.output, "shards_total": len(shards), "shards_skipped": skipped, "shards_written": len(pending),
         "shards_left": len(left), "rows": rows_done, "counts": dict(counts), "seconds": round(seconds, 2),
         "images_per_s": round(rows_done / seconds, 3) if seconds else 0.0,
         "generated_tokens": tokens, "tokens_per_s": round(tokens / seconds, 2) if seconds else 0.0,
-        "seconds_after_first_row": round(steady, 2), "models": models,
+        "steady_images_per_s": timing.get("steady_images_per_s"), "timing": timing, "models": models,
     }
     manifest.finish_run(summary)
     return summary
 
 
-def _execute(cfg, pending, models, writer, manifest, counts) -> tuple[int, int, float | None]:
-    """Stream rows back, write each shard when complete. Returns (rows, generated tokens, first-row time)."""
+def _execute(cfg, pending, models, writer, manifest, counts, timer: RunTimer) -> tuple[int, int]:
+    """Stream rows back, write each shard when complete. Returns (rows, generated tokens)."""
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False  # ours below counts rows across shards
@@ -218,11 +212,11 @@ def _execute(cfg, pending, models, writer, manifest, counts) -> tuple[int, int, 
     buffers: dict[str, list] = defaultdict(list)
     totals: dict[str, int] = {}
     rows_done = tokens = 0
-    t_first = None
     started = time.perf_counter()
     for batch in build_dataset(cfg, pending, models).iter_batches(batch_format="pyarrow", batch_size=None):
-        t_first = t_first or time.perf_counter()
-        for r in batch.to_pylist():
+        rows = batch.to_pylist()
+        timer.add_rows(rows)
+        for r in rows:
             name = r["shard"]
             if name not in totals:
                 totals[name] = r["shard_rows"]
@@ -235,6 +229,7 @@ def _execute(cfg, pending, models, writer, manifest, counts) -> tuple[int, int, 
         rows_done += batch.num_rows
         for name in [n for n, rs in buffers.items() if len(rs) >= totals[n]]:
             _commit_shard(by_name[name], buffers.pop(name), models, writer, manifest, counts, started)
+            timer.mark_committed(name)
     missing = [n for n in by_name if not writer.is_done(n)]
     for name in missing:  # an empty input shard yields no rows: write it empty; anything else is a bug
         if not read_shard(by_name[name]):
@@ -244,7 +239,7 @@ def _execute(cfg, pending, models, writer, manifest, counts) -> tuple[int, int, 
                                "nothing was written for it (rerun to resume)")
     if bar is not None:
         bar.close()
-    return rows_done, tokens, t_first
+    return rows_done, tokens
 
 
 def _commit_shard(shard, rows, models, writer, manifest, counts, started) -> None:

@@ -27,6 +27,36 @@ DESCRIBE_QUESTION = (
 )
 
 
+# Structured outputs (vLLM guided decoding): the answer layout DESCRIBE_QUESTION asks for, as a regex the
+# engine enforces token by token. Lengths are bounded so a rambling (or random-weight) model still reaches
+# the bullet list within its token budget; characters are anything but control characters (newline
+# included), so every line stays one line. The parser (annotators/parse.py) stays the safety net: a
+# generation cut by max_tokens ends mid-line and is still parsed.
+CAPTION_MAX_CHARS = 300  # a dense one-sentence caption; LLaVA-1.5's are ~100-250 characters
+DESCRIPTION_MAX_CHARS = 80  # "short phrases"; OWLv2 reads 16 tokens of each anyway
+_LINE_CHAR = r"[^\x00-\x1f\x7f]"  # one printable character (no newline, no control)
+
+
+def answer_regex(max_descriptions: int = 10, caption_max_chars: int = CAPTION_MAX_CHARS,
+                 description_max_chars: int = DESCRIPTION_MAX_CHARS) -> str:
+    """The regex of a well-formed answer::
+
+         Caption: <1..caption_max_chars chars>
+        Descriptions:
+        - <1..description_max_chars chars>        (1 to max_descriptions bullets)
+
+    (an optional leading space: LLaVA answers after "ASSISTANT:"). Raises ValueError on a bound < 1."""
+    for name, v in (("max_descriptions", max_descriptions), ("caption_max_chars", caption_max_chars),
+                    ("description_max_chars", description_max_chars)):
+        if not isinstance(v, int) or v < 1:
+            raise ValueError(f"answer_regex: {name} must be an integer ≥ 1, got {v!r}")
+    # Each line starts with a non-space character so the parser never sees an empty caption or bullet.
+    first = r"[^\x00-\x20\x7f]"
+    caption = rf"Caption: {first}{_LINE_CHAR}{{0,{caption_max_chars - 1}}}\n"
+    bullet = rf"- {first}{_LINE_CHAR}{{0,{description_max_chars - 1}}}\n"
+    return rf" ?{caption}Descriptions:\n(?:{bullet}){{1,{max_descriptions}}}"
+
+
 @dataclass(frozen=True)
 class ModelRequest:
     """What one family needs for a describe call: ``prompt`` holds exactly one image placeholder."""

@@ -21,6 +21,7 @@ import inspect
 import json
 import logging
 import os
+import time
 
 import pyarrow as pa
 
@@ -37,6 +38,11 @@ INTERMEDIATE_SCHEMA = pa.schema([
     ("mllm_caption", pa.string()), ("descriptions", pa.list_(pa.string())), ("generated_tokens", pa.int64()),
     ("boxes", pa.list_(pa.list_(pa.float32()))), ("box_scores", pa.list_(pa.float32())),
     ("box_desc_index", pa.list_(pa.int32())),
+    # Wall-clock stamps (time.time(), seconds) of each row's passage through the stages, for the run's
+    # steady-state throughput and stage breakdown (annotators/timing.py); never written to shards.
+    ("t_decoded", pa.float64()), ("decode_s", pa.float64()),
+    ("t_describe_start", pa.float64()), ("t_described", pa.float64()),
+    ("t_ground_start", pa.float64()), ("t_grounded", pa.float64()),
 ])
 _LISTS = ("flags", "descriptions", "boxes", "box_scores", "box_desc_index")
 
@@ -72,8 +78,10 @@ def decode_batch(batch: pa.Table, max_image_pixels: int, min_image_side: int) ->
 
     rows = batch.to_pylist()
     for r in rows:
+        r["t_decoded"] = time.time()
         if r["status"] != "ok":
             continue
+        t0 = time.perf_counter()
         try:
             img = decode_image(r["image"], max_pixels=max_image_pixels, min_side=min_image_side, name=r["source"])
         except ImageTooLarge as e:
@@ -84,6 +92,7 @@ def decode_batch(batch: pa.Table, max_image_pixels: int, min_image_side: int) ->
             r.update(status="decode_error", error=str(e))
         else:
             r.update(image_width=img.width, image_height=img.height, rgb=img.tobytes())
+        r.update(decode_s=time.perf_counter() - t0, t_decoded=time.time())
     return to_batch(rows)
 
 
@@ -113,10 +122,50 @@ def _engine_dead(e: BaseException) -> bool:
     return any("EngineDead" in type(x).__name__ for x in (e, e.__cause__, e.__context__) if x is not None)
 
 
-class _ModelStage:
-    """Common actor logic: thread count, fault injection for reliability tests, engine-death exit."""
+def count_restart(actor_id: str | None, reconstructed: bool, max_restarts: int, state_dir: str) -> int:
+    """Bound actor restarts (Ray Data restarts model actors forever by default; its per-call
+    ``max_restarts`` remote arg is deprecated in Ray 2.60 with no named replacement). Called in a model
+    actor's constructor: counts restarts of ``actor_id`` in a small file under ``state_dir`` (node-local)
+    and raises RuntimeError once they exceed ``max_restarts``. A constructor that raises ends the actor
+    for good, so a batch that kills its engine every time fails the job instead of looping. Returns the
+    restart count so far (0 for a first start)."""
+    if not actor_id or not reconstructed:
+        return 0
+    os.makedirs(state_dir, exist_ok=True)
+    path = os.path.join(state_dir, f"restarts-{actor_id}")
+    try:
+        with open(path) as fh:
+            n = int(fh.read().strip() or 0) + 1
+    except (OSError, ValueError):
+        n = 1
+    with open(path, "w") as fh:
+        fh.write(str(n))
+    if n > max_restarts:
+        raise RuntimeError(f"model actor {actor_id} restarted {n} times (run.max_restarts={max_restarts}): "
+                           "giving up; the engine dies on every retry of a batch")
+    return n
 
-    def __init__(self, threads: int | None, inject: dict | None):
+
+def _restart_guard(max_restarts: int | None) -> None:
+    if max_restarts is None or max_restarts < 0:
+        return
+    try:
+        import ray
+
+        ctx = ray.get_runtime_context()
+        actor_id, again = ctx.get_actor_id(), ctx.was_current_actor_reconstructed
+    except Exception:  # noqa: BLE001 - not in a Ray actor (unit tests, bare use): nothing to bound
+        return
+    import tempfile
+
+    count_restart(actor_id, again, max_restarts, os.path.join(tempfile.gettempdir(), "grain-actor-restarts"))
+
+
+class _ModelStage:
+    """Common actor logic: restart bound, thread count, fault injection for reliability tests, engine-death exit."""
+
+    def __init__(self, threads: int | None, inject: dict | None, max_restarts: int | None = None):
+        _restart_guard(max_restarts)
         if threads:
             import torch
 
@@ -139,8 +188,8 @@ class DescribeStage(_ModelStage):
     """MLLM stage (METHOD.md §1 step 1): fills ``mllm_caption``, ``descriptions``, ``generated_tokens``."""
 
     def __init__(self, model: str, family: str, describer_kwargs: dict, max_descriptions: int = 10,
-                 threads: int | None = None, inject: dict | None = None):
-        super().__init__(threads, inject)
+                 threads: int | None = None, inject: dict | None = None, max_restarts: int | None = None):
+        super().__init__(threads, inject, max_restarts)
         from annotators.describer import Describer
 
         self.describer = _build(Describer, model, {"family": family, **describer_kwargs})
@@ -158,6 +207,7 @@ class DescribeStage(_ModelStage):
             return [self._describe([im])[0] for im in images]  # isolate the failing image(s)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        t_start = time.time()
         rows = batch.to_pylist()
         self._maybe_crash(rows)
         todo = [r for r in rows if r["status"] == "ok"]
@@ -174,6 +224,9 @@ class DescribeStage(_ModelStage):
             r.update(mllm_caption=_field(o, "caption") or None,
                      descriptions=list(dict.fromkeys(descs))[: self.max_descriptions],
                      generated_tokens=int(_field(o, "num_generated_tokens") or 0))
+        t_end = time.time()
+        for r in rows:
+            r.update(t_describe_start=t_start, t_described=t_end)
         return to_batch(rows)
 
 
@@ -182,8 +235,8 @@ class GroundStage(_ModelStage):
     ``box_desc_index``, sorted by score, at most ``max_boxes``; drops ``rgb``."""
 
     def __init__(self, model: str, grounder_kwargs: dict, max_boxes: int = 50, threads: int | None = None,
-                 inject: dict | None = None):
-        super().__init__(threads, inject)
+                 inject: dict | None = None, max_restarts: int | None = None):
+        super().__init__(threads, inject, max_restarts)
         from annotators.grounder import Grounder
 
         self.grounder = _build(Grounder, model, grounder_kwargs)
@@ -198,6 +251,7 @@ class GroundStage(_ModelStage):
             return [self._ground([im], [d])[0] for im, d in zip(images, descriptions)]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        t_start = time.time()
         rows = batch.to_pylist()
         self._maybe_crash(rows)
         todo = [r for r in rows if r["status"] == "ok" and r["descriptions"]]
@@ -215,6 +269,7 @@ class GroundStage(_ModelStage):
             order = sorted(range(len(boxes)), key=lambda k: -scores[k])[: self.max_boxes]
             r.update(boxes=[boxes[k] for k in order], box_scores=[scores[k] for k in order],
                      box_desc_index=[index[k] for k in order])
+        t_end = time.time()
         for r in rows:
-            r["rgb"] = None  # the driver needs no pixels
+            r.update(rgb=None, t_ground_start=t_start, t_grounded=t_end)  # the driver needs no pixels
         return to_batch(rows)

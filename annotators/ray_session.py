@@ -1,0 +1,64 @@
+"""The Ray the annotation job runs on: an initialised one, a cluster (``run.ray_address``), or a local
+one started here for this run.
+
+A local Ray started here is private to the run: it binds 127.0.0.1 only, keeps its session files in a
+short temp dir under ``$GRAIN_CACHE/ray`` (default ``~/.cache/grain/ray``; not ``/tmp/ray``, which every
+other Ray on the machine shares), and starts the dashboard only when asked (``run.ray_dashboard``,
+``grain annotate --dashboard``; then on 127.0.0.1 too).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+
+log = logging.getLogger(__name__)
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Environment the model actors need (offline hub, KV cache size, caches, S3 endpoint).
+FORWARD_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "VLLM_CPU_KVCACHE_SPACE", "GRAIN_CACHE", "TOKENIZERS_PARALLELISM",
+               "GRAIN_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
+# Ray puts Unix sockets under <temp dir>/session_<date>_<pid>/sockets/...; AF_UNIX paths are limited to
+# 107 bytes, so the root must stay short.
+MAX_TEMP_DIR_CHARS = 40
+
+
+def local_temp_dir() -> str:
+    """A short, existing temp-dir root for a local Ray: ``$GRAIN_CACHE/ray`` (default ``~/.cache/grain/ray``),
+    or a fresh ``/tmp/grain-ray-*`` when that path is too long for Ray's socket names."""
+    cache = os.environ.get("GRAIN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "grain")
+    root = os.path.abspath(os.path.join(cache, "ray"))
+    if len(root) > MAX_TEMP_DIR_CHARS:
+        short = tempfile.mkdtemp(prefix="grain-ray-", dir="/tmp")
+        log.warning("Ray temp dir %s is too long for Ray's socket paths (> %d chars): using %s",
+                    root, MAX_TEMP_DIR_CHARS, short)
+        return short
+    os.makedirs(root, exist_ok=True)
+    return root
+
+
+def actor_env() -> dict:
+    env = {k: os.environ[k] for k in FORWARD_ENV if k in os.environ}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (PROJECT_ROOT, os.environ.get("PYTHONPATH")) if p)
+    return env
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None, dashboard: bool = False) -> bool:
+    """Use the Ray already initialised in this process, else join ``address`` or start a private local
+    Ray (see module docstring). Returns True when this call started/joined it (the caller shuts it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    runtime_env = {"env_vars": actor_env()}
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+        return True
+    kwargs = {"include_dashboard": bool(dashboard)}
+    if dashboard:
+        kwargs["dashboard_host"] = "127.0.0.1"
+    ctx = ray.init(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1", _temp_dir=local_temp_dir(),
+                   log_to_driver=False, runtime_env=runtime_env, **kwargs)
+    if dashboard:
+        print(f"Ray dashboard: http://{ctx.dashboard_url}", flush=True)
+    return True

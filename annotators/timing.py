@@ -1,0 +1,129 @@
+"""Steady-state throughput and a per-stage breakdown of one annotation run, from the wall-clock stamps
+the stages put on every row (stages.INTERMEDIATE_SCHEMA ``t_*``) and the driver's receive/commit times.
+
+Why not "rows / run time": a run's first minute is engine start-up (vLLM: 17-60 s on CPU) while the
+read/decode tasks queue rows; and shard commits arrive in bursts, so gaps between commits are no rate.
+
+Steady window: from ``T0`` = the end of the first describer batch (an engine is warm and the pipeline
+has work) to ``T1`` = the last shard commit. Steady rows: rows whose describer batch started at or after
+``T0``. ``images_per_s = steady rows / (T1 - T0)``. The window includes draining the last batch through
+the grounder and the driver write, so it slightly understates the rate; use runs of ≥ 3 batches after
+the first (``window_batches`` reports how many describer batches the window holds).
+
+    timer = RunTimer()
+    timer.add_rows(rows, t_received)        # rows as they reach the driver (dicts with the t_* stamps)
+    timer.mark_committed(shard, t)          # after each shard commit
+    timer.summary() -> dict                 # see ``summary``
+
+Memory: one float per row (its describer start) plus one entry per model batch.
+"""
+
+from __future__ import annotations
+
+import time
+from array import array
+
+_GAPS = {  # name: (later stamp, earlier stamp): where a row waits between stages
+    "decode_to_describe": ("t_describe_start", "t_decoded"),  # queued for the describer (+ transfer)
+    "describe_to_ground": ("t_ground_start", "t_described"),  # queued for the grounder (+ transfer)
+    "ground_to_driver": ("t_received", "t_grounded"),  # transfer to the driver (+ Ray Data output queue)
+    "driver_to_commit": ("t_committed", "t_received"),  # waiting for the rest of the shard + the write
+}
+
+
+class RunTimer:
+    """Accumulates stamps online (see module docstring). Not thread-safe (the driver loop owns it)."""
+
+    def __init__(self):
+        self.describe_starts = array("d")
+        self.describe_batches: dict[tuple[float, float], int] = {}  # (start, end) → rows
+        self.ground_batches: dict[tuple[float, float], int] = {}
+        self.decode_s = 0.0
+        self.decoded = 0
+        self.gap_sums = dict.fromkeys(_GAPS, 0.0)
+        self.gap_counts = dict.fromkeys(_GAPS, 0)
+        self.pending: dict[str, list[dict]] = {}  # shard → received rows' stamps, until the shard commits
+        self.commits: list[float] = []
+        self.first_received: float | None = None
+
+    def add_rows(self, rows: list[dict], t_received: float | None = None) -> None:
+        t_received = time.time() if t_received is None else t_received
+        self.first_received = self.first_received or t_received
+        for r in rows:
+            shard = r.get("shard") or ""
+            r = {**{k: r.get(k) for k in ("t_decoded", "t_describe_start", "t_described", "t_ground_start",
+                                          "t_grounded", "decode_s")}, "t_received": t_received}
+            if r["t_describe_start"] is not None:
+                self.describe_starts.append(r["t_describe_start"])
+                key = (r["t_describe_start"], r["t_described"])
+                self.describe_batches[key] = self.describe_batches.get(key, 0) + 1
+            if r["t_ground_start"] is not None:
+                key = (r["t_ground_start"], r["t_grounded"])
+                self.ground_batches[key] = self.ground_batches.get(key, 0) + 1
+            if r["decode_s"] is not None:
+                self.decode_s += r["decode_s"]
+                self.decoded += 1
+            self._gaps(r, skip=("driver_to_commit",))
+            self.pending.setdefault(shard, []).append(r)
+
+    def mark_committed(self, shard: str, t: float | None = None) -> None:
+        """``shard`` was written at ``t`` (default: now): its received rows are done."""
+        t = time.time() if t is None else t
+        self.commits.append(t)
+        for r in self.pending.pop(shard, []):
+            r["t_committed"] = t
+            self._gaps(r, only=("driver_to_commit",))
+
+    def _gaps(self, r: dict, skip=(), only=None) -> None:
+        for name, (later, earlier) in _GAPS.items():
+            if name in skip or (only and name not in only):
+                continue
+            if r.get(later) is not None and r.get(earlier) is not None:
+                self.gap_sums[name] += r[later] - r[earlier]
+                self.gap_counts[name] += 1
+
+    def summary(self) -> dict:
+        """``{"steady_images_per_s", "steady_rows", "window_s", "window_batches", "per_image_ms": {decode,
+        describe, ground} (model busy time per image), "busy_fraction": {describe, ground} (share of the
+        window each model stage was busy), "wait_ms": mean per-row waits between stages}``; empty dict
+        when no row went through the describer."""
+        if not self.describe_batches or not self.commits:
+            return {}
+        t0 = min(end for _, end in self.describe_batches)
+        t1 = max(self.commits)
+        steady = sum(1 for s in self.describe_starts if s >= t0)
+        window = max(t1 - t0, 1e-9)
+        out = {
+            "steady_images_per_s": round(steady / window, 3) if steady else 0.0,
+            "steady_rows": steady, "window_s": round(window, 3),
+            "window_batches": sum(1 for s, _ in self.describe_batches if s >= t0),
+            "per_image_ms": {
+                "decode": _ms(self.decode_s, self.decoded),
+                "describe": _ms(sum(e - s for s, e in self.describe_batches), sum(self.describe_batches.values())),
+                "ground": _ms(sum(e - s for s, e in self.ground_batches), sum(self.ground_batches.values())),
+            },
+            "busy_fraction": {"describe": _busy(self.describe_batches, t0, t1),
+                              "ground": _busy(self.ground_batches, t0, t1)},
+            "wait_ms": {k: _ms(self.gap_sums[k], self.gap_counts[k]) for k in _GAPS},
+        }
+        return out
+
+
+def _ms(total_s: float, n: int) -> float | None:
+    return round(1000 * total_s / n, 2) if n else None
+
+
+def _busy(batches: dict, t0: float, t1: float) -> float:
+    """Share of [t0, t1] covered by the union of the batch intervals (several actors overlap)."""
+    spans = sorted((max(s, t0), min(e, t1)) for s, e in batches if e > t0 and s < t1)
+    covered, cur_s, cur_e = 0.0, None, None
+    for s, e in spans:
+        if cur_e is None or s > cur_e:
+            if cur_e is not None:
+                covered += cur_e - cur_s
+            cur_s, cur_e = s, e
+        else:
+            cur_e = max(cur_e, e)
+    if cur_e is not None:
+        covered += cur_e - cur_s
+    return round(covered / max(t1 - t0, 1e-9), 3)
