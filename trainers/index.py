@@ -96,29 +96,42 @@ def _read_manifests(fs, dirs: list[str]) -> list[dict]:
     return out
 
 
-def build_index(path: str) -> DataIndex:
-    """Scan the shards under ``path``; raise naming the file when one lacks the schema's columns."""
+def _scan_file(fs, fi: int, f: str) -> tuple[list, dict, int]:
+    """One shard → (row groups with ok rows, skipped counts by status, total rows)."""
+    pf = pq.ParquetFile(f, filesystem=fs)
+    names = set(pf.schema_arrow.names)
+    missing = [c for c in ("key", "status", "image") if c not in names]
+    if missing:
+        raise ValueError(f"{f}: not an annotated shard (missing columns {missing}; schema columns: {list(COLUMNS)})")
+    groups, skipped, total = [], {}, 0
+    for rg in range(pf.num_row_groups):
+        status = pf.read_row_group(rg, columns=["status"]).column("status")
+        total += len(status)
+        ok = np.asarray(pc.equal(status, STATUS_OK).to_numpy(zero_copy_only=False), dtype=bool)  # null → False
+        for s, n in zip(*np.unique(np.asarray(status.to_pylist(), dtype=object)[~ok].astype(str), return_counts=True)):
+            skipped[str(s)] = skipped.get(str(s), 0) + int(n)
+        rows = np.flatnonzero(ok).astype(np.int64)
+        if len(rows):
+            groups.append((fi, rg, rows))
+    return groups, skipped, total
+
+
+def build_index(path: str, threads: int = 16) -> DataIndex:
+    """Scan the shards under ``path`` (files in parallel: on object stores each costs round trips);
+    raise naming the file when one lacks the schema's columns."""
+    from concurrent.futures import ThreadPoolExecutor
+
     fs, _ = storage.pyarrow_fs(path)
     files, ignored = list_shards(path)
     groups: list[tuple[int, int, np.ndarray]] = []
     skipped: dict[str, int] = {}
     total = 0
-    for fi, f in enumerate(files):
-        pf = pq.ParquetFile(f, filesystem=fs)
-        names = set(pf.schema_arrow.names)
-        missing = [c for c in ("key", "status", "image") if c not in names]
-        if missing:
-            raise ValueError(f"{f}: not an annotated shard (missing columns {missing}; schema columns: {list(COLUMNS)})")
-        for rg in range(pf.num_row_groups):
-            status = pf.read_row_group(rg, columns=["status"]).column("status")
-            total += len(status)
-            ok = pc.equal(status, STATUS_OK).to_numpy(zero_copy_only=False)
-            ok = np.asarray(ok, dtype=bool) & np.asarray(status.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
-            for s, n in zip(*np.unique(np.asarray(status.to_pylist(), dtype=object)[~ok].astype(str), return_counts=True)):
-                skipped[str(s)] = skipped.get(str(s), 0) + int(n)
-            rows = np.flatnonzero(ok).astype(np.int64)
-            if len(rows):
-                groups.append((fi, rg, rows))
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(files)))) as pool:
+        for g, sk, n in pool.map(lambda a: _scan_file(fs, *a), enumerate(files)):  # map keeps file order
+            groups.extend(g)
+            total += n
+            for k, v in sk.items():
+                skipped[k] = skipped.get(k, 0) + v
     dirs = sorted({posixpath.dirname(f) for f in files})
     return DataIndex(root=path, files=files, groups=groups, skipped=skipped, total_rows=total,
                      manifests=_read_manifests(fs, dirs), uncommitted=ignored)
