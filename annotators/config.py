@@ -78,7 +78,8 @@ class RunConfig:
     ray_dashboard: bool = False  # a local Ray started here serves its dashboard (127.0.0.1) only when true
     progress: bool = True  # tqdm bar (rows done / total)
     # Fault injection for reliability tests only: {"fail_keys": [key, ...]} makes those rows' MLLM call
-    # fail (→ model_error); {"crash_key": key, "crash_marker": path} kills the model actor once.
+    # fail (→ model_error); {"crash_key": key, "crash_marker": path, "crash_stage": "describe"|"ground"}
+    # kills that stage's model actor once.
     inject: dict = field(default_factory=dict)
 
 

@@ -228,8 +228,9 @@ def _execute(cfg, pending, models, writer, manifest, counts, timer: RunTimer) ->
             bar.update(batch.num_rows)
         rows_done += batch.num_rows
         for name in [n for n, rs in buffers.items() if len(rs) >= totals[n]]:
+            t_write = time.perf_counter()
             _commit_shard(by_name[name], buffers.pop(name), models, writer, manifest, counts, started)
-            timer.mark_committed(name)
+            timer.mark_committed(name, write_s=time.perf_counter() - t_write)
     missing = [n for n in by_name if not writer.is_done(n)]
     for name in missing:  # an empty input shard yields no rows: write it empty; anything else is a bug
         if not read_shard(by_name[name]):

@@ -172,9 +172,14 @@ class _ModelStage:
             torch.set_num_threads(threads)
         self.inject = inject or {}
 
+    stage = ""  # "describe" | "ground": which stage ``inject.crash_stage`` targets
+
     def _maybe_crash(self, rows: list[dict]) -> None:
-        """Test aid: kill this actor process once (marker file) when a batch holds ``crash_key``."""
+        """Test aid: kill this actor process once (marker file) when a batch holds ``crash_key`` and this is
+        the ``crash_stage`` (default "describe")."""
         key, marker = self.inject.get("crash_key"), self.inject.get("crash_marker")
+        if self.inject.get("crash_stage", "describe") != self.stage:
+            return
         if key and marker and any(r["key"] == key for r in rows) and not os.path.exists(marker):
             open(marker, "w").close()
             log.warning("fault injection: killing actor pid %d on key %s", os.getpid(), key)
@@ -186,6 +191,8 @@ class _ModelStage:
 
 class DescribeStage(_ModelStage):
     """MLLM stage (METHOD.md §1 step 1): fills ``mllm_caption``, ``descriptions``, ``generated_tokens``."""
+
+    stage = "describe"
 
     def __init__(self, model: str, family: str, describer_kwargs: dict, max_descriptions: int = 10,
                  threads: int | None = None, inject: dict | None = None, max_restarts: int | None = None):
@@ -233,6 +240,8 @@ class DescribeStage(_ModelStage):
 class GroundStage(_ModelStage):
     """Detector stage (METHOD.md §1 step 2): fills ``boxes`` (normalised xyxy), ``box_scores``,
     ``box_desc_index``, sorted by score, at most ``max_boxes``; drops ``rgb``."""
+
+    stage = "ground"
 
     def __init__(self, model: str, grounder_kwargs: dict, max_boxes: int = 50, threads: int | None = None,
                  inject: dict | None = None, max_restarts: int | None = None):

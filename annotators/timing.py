@@ -45,6 +45,8 @@ class RunTimer:
         self.pending: dict[str, list[dict]] = {}  # shard → received rows' stamps, until the shard commits
         self.commits: list[float] = []
         self.first_received: float | None = None
+        self.write_s = 0.0  # driver time spent finalising + writing shards
+        self.written_rows = 0
 
     def add_rows(self, rows: list[dict], t_received: float | None = None) -> None:
         t_received = time.time() if t_received is None else t_received
@@ -66,11 +68,15 @@ class RunTimer:
             self._gaps(r, skip=("driver_to_commit",))
             self.pending.setdefault(shard, []).append(r)
 
-    def mark_committed(self, shard: str, t: float | None = None) -> None:
-        """``shard`` was written at ``t`` (default: now): its received rows are done."""
+    def mark_committed(self, shard: str, t: float | None = None, write_s: float = 0.0) -> None:
+        """``shard`` was written at ``t`` (default: now), which took the driver ``write_s`` seconds: its
+        received rows are done."""
         t = time.time() if t is None else t
         self.commits.append(t)
-        for r in self.pending.pop(shard, []):
+        done = self.pending.pop(shard, [])
+        self.write_s += write_s
+        self.written_rows += len(done)
+        for r in done:
             r["t_committed"] = t
             self._gaps(r, only=("driver_to_commit",))
 
@@ -84,7 +90,7 @@ class RunTimer:
 
     def summary(self) -> dict:
         """``{"steady_images_per_s", "steady_rows", "window_s", "window_batches", "per_image_ms": {decode,
-        describe, ground} (model busy time per image), "busy_fraction": {describe, ground} (share of the
+        describe, ground, driver_write} (busy time per image), "busy_fraction": {describe, ground} (share of the
         window each model stage was busy), "wait_ms": mean per-row waits between stages}``; empty dict
         when no row went through the describer."""
         if not self.describe_batches or not self.commits:
@@ -101,6 +107,7 @@ class RunTimer:
                 "decode": _ms(self.decode_s, self.decoded),
                 "describe": _ms(sum(e - s for s, e in self.describe_batches), sum(self.describe_batches.values())),
                 "ground": _ms(sum(e - s for s, e in self.ground_batches), sum(self.ground_batches.values())),
+                "driver_write": _ms(self.write_s, self.written_rows),
             },
             "busy_fraction": {"describe": _busy(self.describe_batches, t0, t1),
                               "ground": _busy(self.ground_batches, t0, t1)},

@@ -1,7 +1,8 @@
 """Shared model fixtures for the annotation tests (session-scoped: a vLLM engine costs 17–50 s to start).
 
-    llava_describer      Describer on the tiny LLaVA checkpoint (vLLM, enforce_eager, 32 new tokens)
-    qwen2_vl_describer   Describer on the tiny Qwen2-VL checkpoint
+    llava_describer      Describer on the tiny LLaVA checkpoint (vLLM, enforce_eager, 64 new tokens), with
+                         structured outputs (the tiny profile's setting: answers follow the prompt's layout)
+    qwen2_vl_describer   Describer on the tiny Qwen2-VL checkpoint, free generation (32 new tokens)
     tiny_grounder        Grounder on the tiny OWLv2 (threshold 0.3, CPU)
     photos               non-square real photos from scikit-image, as PIL RGB images
 
@@ -15,15 +16,19 @@ import pytest
 DESCRIBER_KW = dict(enforce_eager=True, max_model_len=1024, max_new_tokens=32, seed=0)
 
 
-def _describer(path: str):
+# The tiny profile's bounds (configs/annotate-tiny.yaml), shortened to fit 64 tokens at ≥ 1 char per token.
+STRUCTURED_KW = dict(structured_output=True, caption_max_chars=24, description_max_chars=12, max_new_tokens=64)
+
+
+def _describer(path: str, **kw):
     from annotators.describer import Describer
 
-    return Describer(path, **DESCRIBER_KW)
+    return Describer(path, **{**DESCRIBER_KW, **kw})
 
 
 @pytest.fixture(scope="session")
 def llava_describer(tiny_models):
-    d = _describer(tiny_models["llava"])
+    d = _describer(tiny_models["llava"], **STRUCTURED_KW)
     yield d
     d.close()
 

@@ -50,7 +50,7 @@ def test_engine_death_is_recognised_through_wrapping():
     assert not is_engine_dead(ValueError("prompt too long"))
 
 
-def _check(outs, n, max_new_tokens=32):
+def _check(outs, n, max_new_tokens):
     assert len(outs) == n
     for o in outs:
         assert isinstance(o, DescriberOutput) and o.error is None
@@ -65,7 +65,13 @@ def test_describe_real_photos(request, fixture, photos):
     d = request.getfixturevalue(fixture)
     ims = [photos["chelsea"], photos["astronaut_portrait"], photos["camera_gray"].convert("L")]  # L: converted to RGB
     outs = d.describe(ims)
-    _check(outs, 3)
+    _check(outs, 3, d.sampling.max_tokens)
+    if d.answer_regex:  # structured outputs: even random weights answer in the prompt's layout
+        import re
+
+        for o in outs:
+            assert o.finish_reason == "stop" and re.fullmatch(d.answer_regex, o.raw_text), o.raw_text
+            assert o.caption and 1 <= len(o.descriptions) <= 10 and all(len(x) <= 12 for x in o.descriptions)
     again = d.describe(ims[:1])  # greedy and seeded: reproducible, and independent of the batch it is in
     assert again[0].raw_text == outs[0].raw_text
     assert d.describe([]) == []

@@ -52,11 +52,13 @@ def test_annotate_interrupted_then_resumed_on_a_cluster(ray_local, tiny_models, 
     good_in_first = "000000000"  # astronaut, shard 00000
     marker = str(tmp_path / "crashed-once")
 
-    # Run 1 (in-process, session Ray): first shard only; one injected model failure; the Describer
-    # actor is killed once mid-run, so Ray must restart it and retry the batch.
+    # Run 1 (in-process, session Ray): first shard only; one injected model failure; the Grounder
+    # actor is killed once mid-run, so Ray must restart it and retry the batch (the same Ray Data
+    # restart+retry path as a dead vLLM engine, without paying a second engine start in the slow tier).
     cfg = load_config(profile="tiny", overrides=["run.max_shards=1", "run.progress=false"])
     cfg.input, cfg.output = [str(tmp_path / "in")], out
-    cfg.run.inject = {"fail_keys": ["000000001"], "crash_key": good_in_first, "crash_marker": marker}
+    cfg.run.inject = {"fail_keys": ["000000001"], "crash_key": good_in_first, "crash_marker": marker,
+                      "crash_stage": "ground"}
     from annotators.pipeline import run_annotation
 
     s1 = run_annotation(cfg)
@@ -103,6 +105,16 @@ def test_annotate_interrupted_then_resumed_on_a_cluster(ray_local, tiny_models, 
             assert (row["image_width"], row["image_height"]) == tuple(exp.size), row["key"]
         assert row["mllm_model"].startswith("tiny-llava@") and row["detector_model"].startswith("tiny-owlv2@")
         assert ("no_descriptions" in row["flags"]) == (not row["descriptions"])
+    # Structured outputs (tiny profile): the random MLLM's answers parse into descriptions, and the
+    # grounder labels boxes with them, end to end.
+    ok = [r for r in rows if r["status"] == "ok"]
+    grounded = [r for r in ok if r["descriptions"] and r["boxes"]]
+    assert len(grounded) >= len(ok) // 2 > 0, [(r["key"], r["descriptions"], len(r["boxes"])) for r in ok]
+    for r in grounded:
+        assert 1 <= len(r["descriptions"]) <= 10 and len(r["boxes"]) <= 50
+        assert all(s > 0.3 for s in r["box_scores"]) and r["box_scores"] == sorted(r["box_scores"], reverse=True)
+        assert all(0 <= i < len(r["descriptions"]) for i in r["box_desc_index"])
+        assert all(0 <= x1 <= x2 <= 1 and 0 <= y1 <= y2 <= 1 for x1, y1, x2, y2 in r["boxes"])
     manifest = json.load(open(os.path.join(out, "manifest.json")))
     assert sorted(manifest["shards"]) == ["00000", "00001", "00002"] and len(manifest["runs"]) == 2
     assert sum(sum(v["counts"].values()) for v in manifest["shards"].values()) == len(corpus.expected)
