@@ -21,16 +21,16 @@ def test_steady_window_excludes_start_up_and_counts_later_batches():
     # Engine start: rows decoded at 0 wait until 100; batches of 4 take 1 s in each model stage.
     t.add_rows(_rows("a", 4, 0.0, 100.0, 101.0, 101.0, 102.0), t_received=102.5)
     t.add_rows(_rows("a", 4, 0.0, 101.0, 102.0, 102.0, 103.0), t_received=103.5)
-    t.mark_committed("a", 103.6)
+    t.mark_committed("a", 103.6, write_s=0.08)
     t.add_rows(_rows("b", 4, 0.0, 102.0, 103.0, 103.0, 104.0), t_received=104.5)
     t.add_rows(_rows("b", 4, 0.0, 103.0, 104.0, 104.0, 105.0), t_received=105.5)
-    t.mark_committed("b", 105.6)
+    t.mark_committed("b", 105.6, write_s=0.08)
     s = t.summary()
     # T0 = 101 (first describer batch done), T1 = 105.6; rows started ≥ 101: 12
     assert s["steady_rows"] == 12 and s["window_batches"] == 3
     assert s["window_s"] == pytest.approx(4.6)
     assert s["steady_images_per_s"] == pytest.approx(12 / 4.6, rel=1e-3)
-    assert s["per_image_ms"] == {"decode": 10.0, "describe": 250.0, "ground": 250.0, "driver_write": None}
+    assert s["per_image_ms"] == {"decode": 10.0, "describe": 250.0, "ground": 250.0, "driver_write": 20.0}
     assert s["busy_fraction"]["describe"] == pytest.approx(3 / 4.6, rel=1e-3)  # [101, 104] busy
     assert s["busy_fraction"]["ground"] == pytest.approx(4 / 4.6, rel=1e-3)  # [101, 105]
     assert s["wait_ms"]["describe_to_ground"] == 0.0 and s["wait_ms"]["ground_to_driver"] == 500.0
