@@ -30,7 +30,7 @@ def test_steady_window_excludes_start_up_and_counts_later_batches():
     assert s["steady_rows"] == 12 and s["window_batches"] == 3
     assert s["window_s"] == pytest.approx(4.6)
     assert s["steady_images_per_s"] == pytest.approx(12 / 4.6, rel=1e-3)
-    assert s["per_image_ms"] == {"decode": 10.0, "describe": 250.0, "ground": 250.0, "driver_write": 20.0}
+    assert s["per_image_ms"] == {"decode": 10.0, "describe": 250.0, "ground": 250.0, "driver_write": 10.0}  # 2 × 80 ms over 16 rows
     assert s["busy_fraction"]["describe"] == pytest.approx(3 / 4.6, rel=1e-3)  # [101, 104] busy
     assert s["busy_fraction"]["ground"] == pytest.approx(4 / 4.6, rel=1e-3)  # [101, 105]
     assert s["wait_ms"]["describe_to_ground"] == 0.0 and s["wait_ms"]["ground_to_driver"] == 500.0
