@@ -97,10 +97,20 @@ def test_stopped_then_rerun_matches_an_uninterrupted_run(full_run, small_shards,
     for ra, rb in zip(a, b):
         assert rb["loss"] == pytest.approx(ra["loss"], rel=1e-4, abs=1e-5), ra["step"]
         assert rb["lr"] == pytest.approx(ra["lr"], rel=1e-9)
-    ma, _, _ = load_checkpoint(ref["final_checkpoint"])
+    ma, mcfg, _ = load_checkpoint(ref["final_checkpoint"])
     mb, _, _ = load_checkpoint(done["final_checkpoint"])
     for (n, pa), (_, pb) in zip(ma.state_dict().items(), mb.state_dict().items()):
+        if n.endswith("attn.ln_k.bias"):
+            # Softmax is invariant to a bias shared by all keys: its true gradient is 0, so AdamW turns
+            # round-off (~1e-10) into lr-sized steps. It has no effect on any output (checked below).
+            continue
         assert torch.allclose(pa, pb, rtol=1e-4, atol=1e-5), n
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, mcfg.image_size, mcfg.image_size)
+    with torch.no_grad():
+        oa, ob = ma.encode_image(images), mb.encode_image(images)
+    for k in ("image_embed", "region_embed", "pred_boxes"):
+        assert torch.allclose(oa[k], ob[k], rtol=1e-4, atol=1e-5), k
 
 
 def test_baseline_trains_in_process_through_the_cli(small_shards, tmp_path):
