@@ -192,8 +192,9 @@ def train_loop(loop_config: dict, session=None) -> None:
             finally:
                 stream.close()
         if not last_metrics and step >= stop_at:
-            # A rerun of a finished run: report nothing new, but keep Ray's result pointing at it.
-            session.report({"step": step, "epoch": step // spe, "samples_seen": samples_seen, "noop": 1.0})
+            # A rerun of a finished run: re-report the restored state so the result points at a checkpoint.
+            _checkpoint(session, {"step": step, "epoch": step // spe, "samples_seen": samples_seen, "noop": 1.0},
+                        model, optimizer, scheduler, step, spe, samples_seen, cfg, mcfg, lcfg, world)
     finally:
         if logger:
             logger.close()
