@@ -90,12 +90,26 @@ class ClassEmbeddings:
 
 
 @torch.no_grad()
-def _embed_texts(model, texts: list[str], context_length: int, batch_size: int, device) -> torch.Tensor:
-    out = []
-    for i in range(0, len(texts), batch_size):
-        tokens = tokenize(texts[i : i + batch_size], context_length).to(device)
-        out.append(F.normalize(model.encode_text(tokens).float(), dim=-1))
-    return torch.cat(out)
+def _embed_texts(model, texts: list[str], context_length: int, batch_size: int, device, progress: bool = False) -> torch.Tensor:
+    """Normalised text embeddings [N, D]. Each batch is cut to its longest text: under the causal
+    mask trailing zero padding changes nothing before EOT, so the embeddings are exactly those of
+    the full-length tokens, at a fraction of the cost (prompts are ~15 of 77 tokens)."""
+    tokens = tokenize(texts, context_length)
+    lengths = (tokens != 0).sum(1)
+    order = torch.argsort(lengths, descending=True)  # similar lengths together: less padding
+    chunks = []
+    starts = range(0, len(texts), batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc="text embeddings", unit="batch")
+    for i in starts:
+        idx = order[i : i + batch_size]
+        t = tokens[idx, : int(lengths[idx].max())].to(device)
+        chunks.append(F.normalize(model.encode_text(t).float(), dim=-1))
+    if not chunks:
+        raise ValueError("_embed_texts: no texts to embed")
+    return torch.cat(chunks)[torch.argsort(order.to(chunks[0].device))]
 
 
 @torch.no_grad()
@@ -115,24 +129,25 @@ def class_embeddings(
             raise KeyError(f"class_embeddings: no descriptors for classes {missing[:5]} ({len(missing)} missing)")
     device = next(model.parameters()).device
     cfg = model.cfg
-    it = list(enumerate(classnames))
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(it, desc="class embeddings", unit="class")
-    class_vecs, desc_rows, desc_class = [], [], []
-    for c, name in it:
+    # All prompts of all classes in one pass (batched across classes), then a mean per class.
+    prompts, prompt_class, raw_descs, desc_class = [], [], [], []
+    for c, name in enumerate(classnames):
         descs = list(descriptors[name]) if descriptors is not None else []
-        prompts = class_prompts(name, descs, templates)
-        emb = _embed_texts(model, prompts, cfg.context_length, batch_size, device)
-        class_vecs.append(F.normalize(emb.mean(0), dim=-1))
+        ps = class_prompts(name, descs, templates)
+        prompts += ps
+        prompt_class += [c] * len(ps)
         raw = descs or [name]
-        desc_rows.append(_embed_texts(model, raw, cfg.desc_context_length, batch_size, device))
+        raw_descs += raw
         desc_class += [c] * len(raw)
+    emb = _embed_texts(model, prompts, cfg.context_length, batch_size, device, progress)
+    pc = torch.tensor(prompt_class, dtype=torch.long, device=emb.device)
+    sums = torch.zeros(len(classnames), emb.shape[1], device=emb.device).index_add_(0, pc, emb)
+    class_vecs = F.normalize(sums / torch.bincount(pc, minlength=len(classnames)).unsqueeze(1), dim=-1)
+    desc_embed = _embed_texts(model, raw_descs, cfg.desc_context_length, batch_size, device)
     return ClassEmbeddings(
         classnames=list(classnames),
-        class_embed=torch.stack(class_vecs),
-        desc_embed=torch.cat(desc_rows),
+        class_embed=class_vecs,
+        desc_embed=desc_embed,
         desc_class=torch.tensor(desc_class, dtype=torch.long, device=device),
     )
 
