@@ -19,6 +19,8 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows import common, stages, visuals
+from flows.logbridge import StageLogBridge
+from grain import storage
 
 URL_LIST_EXTS = (".tsv", ".csv", ".txt", ".tsv.gz", ".csv.gz")
 
@@ -55,10 +57,10 @@ def download_url_list(url_list: str, output: str, url_col: str = "url", caption_
 
 
 def _manifest(output: str) -> dict:
+    """The annotation run's manifest.json (local path or object-store URI); {} while none is written."""
     try:
-        with open(os.path.join(output, "manifest.json")) as fh:
-            return json.load(fh)
-    except (OSError, ValueError):
+        return json.loads(storage.read_bytes(storage.join(output, "manifest.json")))
+    except (OSError, ValueError, storage.StorageError):
         return {}
 
 
@@ -66,11 +68,43 @@ def _count_inputs(inputs: list) -> int:
     """Input shards (tar/parquet files) under the input paths, for the progress bar's denominator."""
     n = 0
     for p in inputs:
-        if os.path.isdir(p):
-            n += sum(f.endswith(".tar") for f in os.listdir(p)) or 1
-        else:
-            n += 1
+        try:
+            fs, path = storage.open_fs(p)
+            if fs.isdir(path):
+                n += sum(str(f).endswith(".tar") for f in fs.ls(path, detail=False)) or 1
+                continue
+        except (OSError, storage.StorageError):
+            pass
+        n += 1
     return max(n, 1)
+
+
+def list_parquet(output: str) -> list[str]:
+    """Sorted ``*.parquet`` locations directly under ``output`` (local path or URI), markers excluded.
+
+    Called after the stage returned, so every shard there is complete (local writes are renamed into
+    place, object-store writes are all-or-nothing); fixture shards without markers count too."""
+    fs, path = storage.open_fs(output)
+    try:
+        names = fs.ls(path, detail=False)
+    except FileNotFoundError:
+        return []
+    local = storage.is_local(output)
+    proto = storage.protocol_of(output)
+    return sorted(n if local else f"{proto}://{n}" for n in map(str, names) if n.endswith(".parquet"))
+
+
+def shard_box_stats(parquet_uri: str) -> dict:
+    """Per annotated shard: rows with ≥1 box, boxes stored, descriptions (reads only those columns)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    fs, path = storage.pyarrow_fs(parquet_uri)
+    t = pq.read_table(path, filesystem=fs, columns=["boxes", "descriptions"])
+    nboxes = pc.fill_null(pc.list_value_length(t["boxes"]), 0)
+    ndesc = pc.fill_null(pc.list_value_length(t["descriptions"]), 0)
+    return {"with_boxes": int(pc.sum(pc.greater(nboxes, 0)).as_py() or 0), "boxes": int(pc.sum(nboxes).as_py() or 0),
+            "descriptions": int(pc.sum(ndesc).as_py() or 0)}
 
 
 @task(retries=1, retry_delay_seconds=10, log_prints=True)
@@ -84,10 +118,15 @@ def annotate(config: str | None, overrides: dict) -> dict:
     total = _count_inputs(cfg.input)
     print(f"annotating {cfg.input} → {cfg.output} ({total} input shards, MLLM {cfg.models.mllm}, detector {cfg.models.detector})")
     with common.ProgressWatcher(lambda: 100.0 * len(_manifest(cfg.output).get("shards", {})) / total,
-                                description=f"Annotation: shards done of {total}"):
+                                description=f"Annotation: shards done of {total}"), StageLogBridge(get_run_logger()):
         result = stages.annotation_entry()(cfg)
     summary = {"output": cfg.output, "result": result if isinstance(result, (dict, list, str, int)) else str(result)}
-    print(f"annotation finished: {json.dumps(summary, default=str)[:1000]}")
+    if isinstance(result, dict):
+        print(f"annotation finished: {result.get('rows')} rows, {result.get('shards_written')} shards written, "
+              f"{result.get('shards_skipped')} already done, in {result.get('seconds')} s "
+              f"({result.get('images_per_s')} img/s); status counts {result.get('counts')}")
+    else:
+        print(f"annotation finished: {str(result)[:1000]}")
     return summary
 
 
@@ -95,24 +134,32 @@ def annotate(config: str | None, overrides: dict) -> dict:
 def report_annotation(output: str, n_overlays: int = 4) -> dict:
     """Table artifact of per-shard stats (manifest) + markdown artifact with box overlays; totals."""
     shards = _manifest(output).get("shards", {})
-    rows, totals = [], {}
+    parquet = list_parquet(output)
+    by_shard = {os.path.basename(p)[: -len(".parquet")]: p for p in parquet}
+    rows, totals, boxes = [], {}, {"with_boxes": 0, "boxes": 0, "descriptions": 0}
     for name, info in sorted(shards.items()):
         counts = info.get("counts") or info.get("status_counts") or {}
         for k, v in counts.items():
             totals[k] = totals.get(k, 0) + int(v)
+        stats = shard_box_stats(by_shard[name]) if name in by_shard else {}
+        for k in boxes:
+            boxes[k] += stats.get(k, 0)
         rows.append({"shard": name, "input": os.path.basename(str(info.get("input", ""))),
                      "rows": info.get("rows", sum(counts.values())), "ok": counts.get("ok", 0),
                      "errors": sum(v for k, v in counts.items() if k != "ok"),
                      "detail": ", ".join(f"{k}={v}" for k, v in sorted(counts.items()) if k != "ok"),
-                     "boxes": info.get("boxes", ""), "seconds": round(float(info.get("seconds", 0) or 0), 1)})
+                     "rows with boxes": stats.get("with_boxes", ""), "boxes": stats.get("boxes", ""),
+                     "descriptions": stats.get("descriptions", ""),
+                     "done after s": round(float(info.get("seconds_since_start", info.get("seconds", 0)) or 0), 1)})
     create_table_artifact(key="annotation-stats", table=rows or [{"shard": "-", "rows": 0}],
                           description=f"Annotation stats per shard ({output})")
-    parquet = sorted(os.path.join(output, f) for f in os.listdir(output) if f.endswith(".parquet"))
     folder, link = common.artifact_folder(output, "overlays")
     md = visuals.overlay_markdown(visuals.pick_rows(parquet, n_overlays), folder, link)
     create_markdown_artifact(key="annotation-samples", markdown=md, description="Box overlays of a few annotated rows")
-    print(f"annotation totals by status: {totals}; overlays in {folder}")
-    return {"output": output, "shards": len(shards), "status_counts": totals, "overlays": folder}
+    print(f"annotation totals by status: {totals}; {boxes['with_boxes']} rows with boxes, {boxes['boxes']} boxes, "
+          f"{boxes['descriptions']} descriptions; overlays in {folder}")
+    return {"output": output, "shards": len(shards), "status_counts": totals, "overlays": folder, **boxes,
+            "overlay_markdown": md}
 
 
 @flow(name="annotate-cc12m", log_prints=True)
@@ -136,7 +183,7 @@ def annotate_cc12m(config: str | None = None, overrides: dict | None = None, inp
     summary = annotate(config, overrides)
     report = report_annotation(summary["output"])
     logger.info("annotated %s shards into %s: %s", report["shards"], report["output"], report["status_counts"])
-    return {**summary, **report}
+    return {**summary, **report, **common.run_info()}
 
 
 if __name__ == "__main__":

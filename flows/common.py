@@ -2,8 +2,8 @@
 
 Artifacts hold markdown, not image bytes: PNGs are written under ``$GRAIN_ARTIFACT_DIR/<flow run id>/``
 (the local stack serves that folder on 127.0.0.1, ``$GRAIN_ARTIFACT_URL``) and referenced by URL.
-Without a stack (tests, plain ``python -m flows...``) they go to ``<stage output>/_artifacts`` and the
-markdown links the file path instead.
+Without a stack (tests, plain ``python -m flows...``) they go to ``<stage output>/_artifacts`` (a
+local temp folder when the output is an object-store URI) and the markdown links the file path instead.
 """
 
 from __future__ import annotations
@@ -76,6 +76,20 @@ def _run_id() -> str:
         return "local"
 
 
+def run_info() -> dict:
+    """``{"flow_run_id", "url"}`` of the current flow run (url None without a UI, e.g. an ephemeral API)."""
+    rid = _run_id()
+    url = None
+    try:
+        from prefect.settings import PREFECT_UI_URL
+
+        ui = PREFECT_UI_URL.value()
+        url = f"{ui.rstrip('/')}/runs/flow-run/{rid}" if ui and rid != "local" else None
+    except Exception:  # noqa: BLE001 - a link is a nicety
+        pass
+    return {"flow_run_id": rid, "url": url}
+
+
 def artifact_folder(fallback_root: str, kind: str) -> tuple[str, Callable[[str], str]]:
     """(folder to write PNGs of this run into, function file name → link for markdown)."""
     base = os.environ.get("GRAIN_ARTIFACT_DIR")
@@ -85,6 +99,10 @@ def artifact_folder(fallback_root: str, kind: str) -> tuple[str, Callable[[str],
         url = os.environ.get("GRAIN_ARTIFACT_URL", "").rstrip("/")
         os.makedirs(folder, exist_ok=True)
         return folder, (lambda name: f"{url}/{rel}/{name}" if url else os.path.join(folder, name))
+    if "://" in fallback_root:  # an object-store output: keep the pictures on this machine
+        import tempfile
+
+        fallback_root = os.path.join(tempfile.gettempdir(), "grain-artifacts")
     folder = os.path.join(fallback_root, "_artifacts", rel)
     os.makedirs(folder, exist_ok=True)
     return folder, (lambda name: os.path.join(folder, name))

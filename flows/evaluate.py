@@ -15,12 +15,14 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows import common, stages
+from flows.logbridge import StageLogBridge
 
 
 @task(retries=1, retry_delay_seconds=10, log_prints=True)
 def evaluate(config: str | None, overrides: dict) -> dict:
     """Run the evaluation stage; return its run dict (``results.json`` layout, evaluation/report.py)."""
-    run = stages.run_eval(config, overrides)
+    with StageLogBridge(get_run_logger()):
+        run = stages.run_eval(config, overrides)
     return json.loads(json.dumps(run, default=str))
 
 
@@ -54,7 +56,7 @@ def evaluate_grain(config: str | None = None, overrides: dict | None = None, che
     run = evaluate(config, overrides)
     md = report_evaluation(run)
     get_run_logger().info("evaluation results:\n%s", md)
-    return {"run": run, "table": md}
+    return {"run": run, "table": md, "output": overrides.get("output"), **common.run_info()}
 
 
 if __name__ == "__main__":

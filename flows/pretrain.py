@@ -13,26 +13,50 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows import common, stages
+from flows.logbridge import StageLogBridge
+from grain import storage
 
 
 def _progress(output: str) -> float:
     """Percent of planned steps done, from the trainer's run.json (plan) and metrics.jsonl (steps)."""
     try:
-        with open(os.path.join(output, "run.json")) as fh:
-            stop_at = json.load(fh)["schedule"]["stop_at"]
+        stop_at = json.loads(storage.read_bytes(storage.join(output, "run.json")))["schedule"]["stop_at"]
         last = 0
-        with open(os.path.join(output, "metrics.jsonl")) as fh:
-            for line in fh:
+        for line in storage.read_bytes(storage.join(output, "metrics.jsonl")).decode().splitlines():
+            if line.strip():
                 last = max(last, int(json.loads(line).get("step", 0)))
         return 100.0 * last / max(1, stop_at)
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, storage.StorageError):
         return 0.0
+
+
+def training_coverage(run_info: dict) -> dict:
+    """How much of the annotated data a finished run trained on, from its ``run.json``.
+
+    Each epoch trains ``steps_per_epoch × global_batch`` distinct rows (trainers/plan.py: the tail that
+    does not fill a batch on every worker is dropped); rows that are not ``ok`` are skipped. Returns
+    ``{rows_total, rows_ok, rows_skipped, rows_trained, fraction}`` (fraction of all annotated rows).
+    """
+    data, sched = run_info["data"], run_info["schedule"]
+    per_epoch = int(sched["steps_per_epoch"]) * int(sched["global_batch"])
+    seen = (run_info.get("result") or {}).get("samples_seen")
+    trained = min(int(seen), per_epoch) if seen is not None else per_epoch
+    total = int(data["total_rows"])
+    return {"rows_total": total, "rows_ok": int(data["ok_rows"]), "rows_skipped": dict(data.get("skipped_rows") or {}),
+            "rows_trained": trained, "fraction": trained / total if total else 0.0}
+
+
+def coverage_line(cov: dict) -> str:
+    """``trained on 112 of 119 annotated rows (94.1 %); ...``: the demo and the run log print it."""
+    dropped = cov["rows_ok"] - cov["rows_trained"]
+    return (f"trained on {cov['rows_trained']} of {cov['rows_total']} annotated rows ({100 * cov['fraction']:.1f} %); "
+            f"not trainable (error rows): {cov['rows_skipped'] or 'none'}; {dropped} ok rows left out "
+            "(the tail of the epoch that does not fill a batch on every worker, or max_steps)")
 
 
 @task(retries=1, retry_delay_seconds=10, log_prints=True)
@@ -40,9 +64,16 @@ def train(config: str | None, overrides: dict) -> dict:
     """Run the training stage (a retry resumes from the latest Ray checkpoint); return its result dict."""
     cfg = stages.training_config(config, overrides)
     print(f"training {cfg.model} on {cfg.data.path} → {cfg.output} ({cfg.workers} workers, batch {cfg.batch_size})")
-    with common.ProgressWatcher(lambda: _progress(cfg.output), description="Pretraining: steps done"):
+    with common.ProgressWatcher(lambda: _progress(cfg.output), description="Pretraining: steps done"), \
+            StageLogBridge(get_run_logger()):
         result = stages.training_entry()(cfg)
-    return json.loads(json.dumps(result, default=str))  # plain JSON for Prefect's result store
+    result = json.loads(json.dumps(result, default=str))  # plain JSON for Prefect's result store
+    try:
+        result["coverage"] = training_coverage(json.loads(storage.read_bytes(result["run_json"])))
+        print(coverage_line(result["coverage"]))
+    except (OSError, ValueError, KeyError, TypeError, storage.StorageError) as e:
+        print(f"training coverage unknown: cannot read {result.get('run_json')}: {e}")
+    return result
 
 
 @task(log_prints=True)
@@ -56,15 +87,20 @@ def report_training(result: dict) -> dict:
                           or [{"metric": "-", "first": None, "last": None}])
     png = result.get("loss_curves_png")
     lines = [f"# Training: {os.path.basename(out)}", "", f"- steps: {result.get('steps')}  ",
-             f"- checkpoint: `{result.get('final_checkpoint')}`  ", f"- wall time: {float(result.get('wall_s', 0)):.0f} s", ""]
-    if png and os.path.exists(png):
+             f"- checkpoint: `{result.get('final_checkpoint')}`  ", f"- wall time: {float(result.get('wall_s', 0)):.0f} s  "]
+    if result.get("coverage"):
+        lines.append(f"- data: {coverage_line(result['coverage'])}")
+    lines.append("")
+    if png and storage.exists(png):
         folder, link = common.artifact_folder(out, "training")
-        shutil.copyfile(png, os.path.join(folder, "loss_curves.png"))
+        with open(os.path.join(folder, "loss_curves.png"), "wb") as fh:
+            fh.write(storage.read_bytes(png))
         lines.append(f"![loss curves]({link('loss_curves.png')})")
     else:
         lines.append("_No loss-curve image was written._")
     create_markdown_artifact(key="training-curves", markdown="\n".join(lines), description="Loss curves")
-    return {"checkpoint": result.get("final_checkpoint"), "steps": result.get("steps")}
+    return {"checkpoint": result.get("final_checkpoint"), "steps": result.get("steps"), "coverage": result.get("coverage"),
+            "curves_markdown": lines[-1]}
 
 
 @flow(name="pretrain-grain", log_prints=True)
@@ -80,7 +116,7 @@ def pretrain_grain(config: str | None = None, overrides: dict | None = None, dat
     result = train(config, overrides)
     summary = report_training(result)
     get_run_logger().info("checkpoint %s after %s steps", summary["checkpoint"], summary["steps"])
-    return {**result, **summary}
+    return {**result, **summary, **common.run_info()}
 
 
 if __name__ == "__main__":

@@ -21,8 +21,11 @@ def pick_rows(shards: list[str], n: int) -> list[dict]:
     with_boxes, without = [], []
     cols = ["key", "image", "source_caption", "mllm_caption", "descriptions", "boxes", "box_scores",
             "box_desc_index", "status"]
-    for path in shards:
-        for row in pq.read_table(path, columns=cols).to_pylist():
+    from grain import storage
+
+    for uri in shards:
+        fs, path = storage.pyarrow_fs(uri)  # local path or object-store URI
+        for row in pq.read_table(path, filesystem=fs, columns=cols).to_pylist():
             if row["status"] != "ok" or not row["image"]:
                 continue
             (with_boxes if row["boxes"] else without).append(row)
@@ -31,8 +34,13 @@ def pick_rows(shards: list[str], n: int) -> list[dict]:
     return (with_boxes + without)[:n]
 
 
-def draw_overlay(row: dict, max_side: int = 448) -> bytes:
-    """PNG of the row's image with its boxes (xyxy normalised → pixels) and description labels."""
+TOP_BOXES = 5  # the trainer's targets per image (ModelConfig.max_target_boxes); shards keep up to 50
+
+
+def draw_overlay(row: dict, max_side: int = 448, top: int = TOP_BOXES) -> bytes:
+    """PNG of the row's image with its ``top`` best boxes (xyxy normalised → pixels) and their labels.
+
+    Boxes are stored sorted by score (grain/schema.py); the first ``top`` are what training uses."""
     from PIL import Image, ImageDraw
 
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS
@@ -43,7 +51,9 @@ def draw_overlay(row: dict, max_side: int = 448) -> bytes:
     w, h = img.size
     draw = ImageDraw.Draw(img)
     descs = row.get("descriptions") or []
-    for i, (box, score, d) in enumerate(zip(row["boxes"] or [], row["box_scores"] or [], row["box_desc_index"] or [])):
+    triples = list(zip(row["boxes"] or [], row["box_scores"] or [], row["box_desc_index"] or []))
+    triples.sort(key=lambda t: -t[1])  # already sorted in shards; cheap insurance for hand-made rows
+    for i, (box, score, d) in enumerate(triples[:top]):
         colour = _PALETTE[i % len(_PALETTE)]
         x1, y1, x2, y2 = box[0] * w, box[1] * h, box[2] * w, box[3] * h
         draw.rectangle([x1, y1, x2, y2], outline=colour, width=2)
@@ -61,12 +71,14 @@ def _cell(text) -> str:
 
 def overlay_markdown(rows: list[dict], folder: str, link) -> str:
     """Write one PNG per row into ``folder``; markdown with the images (``link(name)`` → URL) and texts."""
-    parts = ["# Annotation samples", "", "Boxes above the detector threshold, labelled with their description and score."]
+    parts = ["# Annotation samples", "", f"The {TOP_BOXES} best boxes above the detector threshold (the trainer's targets), "
+             "labelled with their description and score."]
     for row in rows:
         name = f"{row['key']}.png"
         with open(os.path.join(folder, name), "wb") as fh:
             fh.write(draw_overlay(row))
-        parts += ["", f"### `{row['key']}` — {len(row['boxes'] or [])} boxes", "", f"![{row['key']}]({link(name)})", "",
+        n = len(row["boxes"] or [])
+        parts += ["", f"### `{row['key']}` — {min(n, TOP_BOXES)} of {n} boxes shown", "", f"![{row['key']}]({link(name)})", "",
                   f"- alt-text: {_cell(row['source_caption'])}", f"- MLLM caption: {_cell(row['mllm_caption'])}",
                   f"- descriptions: {_cell('; '.join(row['descriptions'] or []))}"]
     if not rows:

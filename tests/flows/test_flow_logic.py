@@ -128,3 +128,56 @@ def test_training_progress_reads_plan_and_metrics(tmp_path):
     (tmp_path / "run.json").write_text(json.dumps({"schedule": {"stop_at": 8}}))
     (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps({"step": s, "loss": 1.0}) for s in (1, 2)) + "\n")
     assert _progress(str(tmp_path)) == 25.0
+
+
+def test_pipeline_workdir_local_is_absolute_uri_is_kept(tmp_path, monkeypatch):
+    from flows.pipeline import resolve_workdir
+
+    monkeypatch.chdir(tmp_path)
+    assert resolve_workdir("runs/demo") == str(tmp_path / "runs" / "demo")
+    assert resolve_workdir("s3://bucket/runs/demo/") == "s3://bucket/runs/demo"
+    with pytest.raises(ValueError, match="workdir"):
+        resolve_workdir("  ")
+
+
+def test_flow_helpers_read_an_s3_workdir(s3_bucket, tmp_path):
+    """The cluster deployments use s3:// workdirs: manifest, shard listing/stats, overlays, progress."""
+    import json
+
+    from flows import visuals
+    from flows.annotate import _count_inputs, _manifest, list_parquet, shard_box_stats
+    from flows.pretrain import _progress
+    from grain import storage
+    from grain.schema import write_fixture_shards
+
+    local = tmp_path / "shards"
+    paths = write_fixture_shards(str(local), num_shards=2, rows_per_shard=3, min_objects=1, max_objects=2)
+    out = storage.join(s3_bucket, "run", "annotated")
+    assert _manifest(out) == {}  # nothing written yet: no error
+    for p in paths:
+        storage.atomic_write_bytes(storage.join(out, os.path.basename(p)), open(p, "rb").read())
+    storage.atomic_write_bytes(storage.join(out, "manifest.json"), json.dumps({"shards": {"00000": {"rows": 3}}}).encode())
+    assert _manifest(out)["shards"]["00000"]["rows"] == 3
+    files = list_parquet(out)
+    assert [f.rsplit("/", 1)[1] for f in files] == [os.path.basename(p) for p in paths] and files[0].startswith("s3://")
+    stats = shard_box_stats(files[0])
+    assert stats["with_boxes"] == 3 and 3 <= stats["boxes"] <= 6
+    rows = visuals.pick_rows(files, 2)
+    assert len(rows) == 2 and all(r["boxes"] for r in rows)
+    assert _count_inputs([out]) == 1  # no .tar inside: the folder counts as one input
+    train = storage.join(s3_bucket, "run", "train")
+    storage.atomic_write_bytes(storage.join(train, "run.json"), json.dumps({"schedule": {"stop_at": 4}}).encode())
+    storage.atomic_write_bytes(storage.join(train, "metrics.jsonl"), b'{"step": 1}\n{"step": 3}\n')
+    assert _progress(train) == 75.0
+
+
+def test_training_coverage_counts_rows_trained_per_epoch():
+    from flows.pretrain import coverage_line, training_coverage
+
+    info = {"data": {"total_rows": 120, "ok_rows": 119, "skipped_rows": {"decode_error": 1}},
+            "schedule": {"steps_per_epoch": 14, "global_batch": 8}, "result": {"samples_seen": 224}}
+    cov = training_coverage(info)
+    assert (cov["rows_trained"], cov["rows_total"]) == (112, 120) and abs(cov["fraction"] - 112 / 120) < 1e-9
+    assert "trained on 112 of 120 annotated rows (93.3 %)" in coverage_line(cov) and "decode_error" in coverage_line(cov)
+    info["result"]["samples_seen"] = 40  # stopped by max_steps inside the first epoch
+    assert training_coverage(info)["rows_trained"] == 40
