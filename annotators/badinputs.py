@@ -11,7 +11,13 @@ decompression bomb), and valid-but-unusual images (CMYK JPEG, palette PNG, alpha
 EXIF-rotated JPEG); plus record-level faults: missing caption, non-UTF-8 caption, tar members named
 ``../x.jpg`` / ``/abs.jpg`` / a symlink, a key with a caption but no image, a failed download listed
 only in img2dataset's per-shard parquet, and a parquet row without bytes. Everything is generated
-at test time: no binaries are committed. Extend ``BAD_CASES`` to add cases (reliability issue).
+at test time: no binaries are committed. Extend ``bad_cases`` to add cases.
+
+``build_bad_input_corpus(root, extended=True)`` adds the reliability suite's shards (tests/reliability):
+``00003.tar`` with truncated and CRC-corrupt PNGs, a 16-bit greyscale PNG, an animated GIF, a 1 MB
+caption and a ``../x.jpg`` member; ``00004.parquet`` whose image column has the wrong type (int64);
+``00005.tar`` and ``00006.parquet``, empty shards. A shard that cannot be read row by row is one
+``input_error`` row keyed ``<shard>/unreadable`` (annotators/stages.read_shards_batch).
 """
 
 from __future__ import annotations
@@ -135,6 +141,73 @@ def bad_cases(photo: Image.Image) -> list[tuple[str, bytes | None, bytes | str |
     ]
 
 
+def png_16bit(width: int = 96, height: int = 64) -> bytes:
+    """A 16-bit greyscale PNG (PIL mode I;16): a horizontal ramp over the full 0..65535 range."""
+    ramp = np.linspace(0, 65535, width, dtype=np.float64)[None, :].repeat(height, 0).astype(np.uint16)
+    return encode(Image.fromarray(ramp), "PNG")
+
+
+def animated_gif(width: int = 80, height: int = 60, frames: int = 3) -> bytes:
+    """An animated GIF of ``frames`` solid frames (the decoder keeps the first)."""
+    ims = [Image.new("RGB", (width, height), (80 * i, 120, 200 - 60 * i)) for i in range(frames)]
+    buf = io.BytesIO()
+    ims[0].save(buf, format="GIF", save_all=True, append_images=ims[1:], duration=50, loop=0)
+    return buf.getvalue()
+
+
+def extended_cases(photo: Image.Image) -> list[tuple[str, bytes | None, bytes | str | None, Expected]]:
+    """The reliability suite's extra image-level cases (same tuple layout as ``bad_cases``)."""
+    from grain.schema import FLAG_TRUNCATED_SOURCE_CAPTION
+
+    w, h = photo.size
+    png = encode(photo.convert("RGB"), "PNG")
+    corrupt = bytearray(png)
+    corrupt[30] ^= 0xFF  # IHDR's CRC (bytes 29-32) no longer matches its data
+    return [
+        ("truncated_png", png[: len(png) // 2], "A truncated PNG.", Expected("decode_error")),
+        ("corrupt_png_crc", bytes(corrupt), "A PNG with a bad header CRC.", Expected("decode_error")),
+        ("png_16bit", png_16bit(96, 64), "A 16-bit grey ramp.", Expected("ok", size=(96, 64))),
+        ("animated_gif", animated_gif(80, 60), "An animated GIF.", Expected("ok", size=(80, 60))),
+        ("caption_1mb", encode(photo), "a very long caption " * 52429,  # ≈ 1 MB of alt-text
+         Expected("ok", flags=(FLAG_TRUNCATED_SOURCE_CAPTION,), size=(w, h))),
+    ]
+
+
+def _write_extended_shards(root: str, corpus: "BadInputCorpus", photo: Image.Image) -> None:
+    """``00003.tar`` (extended cases + an escaping member), ``00004.parquet`` (wrong schema),
+    ``00005.tar`` and ``00006.parquet`` (empty)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = os.path.join(root, "00003.tar")
+    tb = _TarBuilder(path)
+    for i, (name, data, cap, exp) in enumerate(extended_cases(photo)):
+        key = f"00003{i:04d}"
+        ext = "gif" if name == "animated_gif" else "png" if "png" in name else "jpg"
+        tb.add(f"{key}.{ext}", data)
+        tb.add(f"{key}.txt", cap.encode())
+        corpus.expected[key] = exp
+    idx = tb.add("../x.jpg", encode(photo))  # the issue's `../x.jpg`: never extracted, an input_error row
+    corpus.expected[f"00003/unsafe-member-{idx:06d}"] = Expected("input_error")
+    tb.close()
+    corpus.shards.append(path)
+    # Wrong schema: an image column of the wrong type. The reader cannot read it row by row: the whole
+    # shard becomes one input_error row naming it. (A parquet with no image column at all is refused
+    # before the run starts: readers.discover_shards raises ReaderError naming the file.)
+    path = os.path.join(root, "00004.parquet")
+    pq.write_table(pa.table({"key": ["000040000", "000040001"], "jpg": pa.array([1, 2], pa.int64()),
+                             "txt": ["wrong type", "wrong type"]}), path)
+    corpus.expected["00004/unreadable"] = Expected("input_error")
+    corpus.shards.append(path)
+    path = os.path.join(root, "00005.tar")
+    tarfile.open(path, "w").close()  # an empty tar: an empty, committed output shard
+    corpus.shards.append(path)
+    path = os.path.join(root, "00006.parquet")
+    schema = pa.schema([("key", pa.string()), ("jpg", pa.binary()), ("txt", pa.string())])
+    pq.write_table(schema.empty_table(), path)
+    corpus.shards.append(path)
+
+
 class _TarBuilder:
     """Writes webdataset members and tracks the member index (unsafe-member keys are index-based)."""
 
@@ -169,9 +242,10 @@ class _TarBuilder:
         self.tar.close()
 
 
-def build_bad_input_corpus(root: str, n_good: int = 20, max_side: int = 256) -> BadInputCorpus:
+def build_bad_input_corpus(root: str, n_good: int = 20, max_side: int = 256, extended: bool = False) -> BadInputCorpus:
     """Write ``00000.tar`` (+ img2dataset listing ``00000.parquet``), ``00001.tar`` and ``00002.parquet``
-    (parquet output format, column ``jpg``) under ``root``; return the shards and the expected rows."""
+    (parquet output format, column ``jpg``) under ``root``; return the shards and the expected rows.
+    ``extended``: also the reliability suite's shards ``00003``–``00006`` (module docstring)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -235,4 +309,6 @@ def build_bad_input_corpus(root: str, n_good: int = 20, max_side: int = 256) -> 
     path = os.path.join(root, "00002.parquet")
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
     corpus.shards.append(path)
+    if extended:
+        _write_extended_shards(root, corpus, photos[1][1])
     return corpus

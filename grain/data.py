@@ -73,6 +73,9 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: in
                 raise ImageTooLarge(f"{name}: {w}×{h} = {w * h} pixels exceeds the limit of {max_pixels}")
             img.load()
             img = ImageOps.exif_transpose(img)
+            if img.mode.startswith("I;16"):
+                # 16-bit greyscale: PIL's convert("RGB") clips at 255 (a white image); keep the top 8 bits.
+                img = Image.fromarray((np.asarray(img).astype(np.uint16) >> 8).astype(np.uint8), "L")
             img = img.convert("RGB")
     except ImageDecodeError:
         raise
