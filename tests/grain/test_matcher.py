@@ -65,3 +65,29 @@ def test_batched_equals_per_image_and_empty_images():
 def test_no_targets_at_all():
     bi, qi, ti = HungarianMatcher()(torch.rand(3, 5, 4), torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
     assert bi.numel() == qi.numel() == ti.numel() == 0
+
+
+def test_batched_enumeration_equals_scipy_and_falls_back():
+    """The batched enumeration solver and scipy's Hungarian solver reach the same optimal cost per
+    image (random batches with 0–Q targets per image, targets in shuffled image order); an image
+    with more targets than queries goes through scipy."""
+    gen = torch.Generator().manual_seed(7)
+    matcher = HungarianMatcher()
+    for trial in range(20):
+        counts = torch.randint(0, 6, (8,), generator=gen)
+        pred = _rand_cxcywh((8, 5), gen)
+        owner = torch.repeat_interleave(torch.arange(8), counts)
+        owner = owner[torch.randperm(len(owner), generator=gen)]
+        tgt = _rand_cxcywh((len(owner),), gen)
+        fast = matcher(pred, tgt, owner)
+        ref = matcher._match_scipy(pred, tgt, owner)
+        assert len(fast[0]) == len(ref[0]) == len(owner)
+        assert torch.equal(fast[0], ref[0])  # ordered by image
+        for i in range(8):
+            cost = matcher.cost_matrix(pred[i], tgt)
+            f, r = fast[0] == i, ref[0] == i
+            assert abs(cost[fast[1][f], fast[2][f]].sum() - cost[ref[1][r], ref[2][r]].sum()) < 1e-4, trial
+            assert torch.equal(fast[1][f], torch.sort(fast[1][f]).values)  # then by query
+    # 7 targets on one image > Q = 5: Hungarian matches 5 of them (scipy path)
+    bi, qi, ti = matcher(_rand_cxcywh((1, 5), gen), _rand_cxcywh((7,), gen), torch.zeros(7, dtype=torch.long))
+    assert len(bi) == 5 and len(set(qi.tolist())) == 5 and len(set(ti.tolist())) == 5
