@@ -37,15 +37,24 @@ def ray_local():
     """One local Ray cluster for the whole session (2 CPUs, no dashboard, own temp dir)."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(
-            address="local",
-            num_cpus=2,
-            include_dashboard=False,
-            _temp_dir=RAY_TMP,
-            log_to_driver=False,
-            ignore_reinit_error=True,
-        )
+    # A loaded 2-core machine can make the raylet give up waiting for its agent (fixed ~30 s):
+    # one retry, with a fresh temp dir, before failing the tests that need Ray.
+    for attempt in range(2):
+        if ray.is_initialized():
+            break
+        try:
+            ray.init(
+                address="local",
+                num_cpus=2,
+                include_dashboard=False,
+                _temp_dir=RAY_TMP if attempt == 0 else tempfile.mkdtemp(prefix="rt-", dir="/tmp"),
+                log_to_driver=False,
+                ignore_reinit_error=True,
+            )
+        except Exception:
+            ray.shutdown()
+            if attempt == 1:
+                raise
     yield ray
     ray.shutdown()
 
