@@ -1,0 +1,146 @@
+"""The annotation driver killed with SIGKILL mid-run, then re-run: every input row exactly once.
+
+One real annotate run (tiny LLaVA on vLLM + tiny OWLv2 on Ray Data, `python -m annotators.cli`, its own
+private local Ray) over the extended bad-input corpus (annotators/badinputs.py, 7 shards: tars, parquet,
+a wrong-schema parquet, empty shards). As soon as the first shard is committed the driver gets
+``kill -9``; the Ray processes it started (orphaned, as a killed driver leaves them) are killed by PID.
+The same command then runs to the end and must give the row set of an uninterrupted run (the corpus's
+expected keys and statuses, which the inputs fully determine), 0 duplicates, the shards committed
+before the kill untouched, no temp files, and nothing written outside the output folder.
+
+While run 1 is alive the test also records every listening TCP socket of the processes it started
+(psutil), for the loopback-only check at the end of this file (a known gap: docs/reliability.md).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pyarrow as pa
+import pytest
+
+from annotators.badinputs import build_bad_input_corpus
+from grain.schema import read_table
+
+pytestmark = pytest.mark.slow
+RECORDED: dict = {}  # listening sockets seen during run 1, for test_listening_sockets_are_loopback_only
+N_SHARDS = 7
+
+
+def _cmd(inp, out):
+    return [sys.executable, "-m", "annotators.cli", "--input", inp, "--output", out, "--profile", "tiny",
+            "--json", "--no-progress", "--set", "run.batch_size=4", "--set", "run.decode_batch_size=4"]
+
+
+def _tree(root, skip):
+    out = {}
+    for d, dirs, files in os.walk(root):
+        dirs[:] = [x for x in dirs if os.path.join(d, x) != skip]
+        for f in files:
+            p = os.path.join(d, f)
+            out[os.path.relpath(p, root)] = os.path.getsize(p)
+    return out
+
+
+def _descendants(pid):
+    try:
+        return [psutil.Process(pid)] + psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _listening(pids):
+    return {(c.laddr.ip, c.laddr.port, c.pid) for c in psutil.net_connections("inet")
+            if c.status == psutil.CONN_LISTEN and c.pid in pids}
+
+
+def _kill_all(procs):
+    for p in procs:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=20)
+
+
+def test_sigkill_driver_then_rerun_gives_every_row_once(tiny_models, tmp_path):
+    corpus = build_bad_input_corpus(str(tmp_path / "in"), n_good=12, max_side=160, extended=True)
+    inp, out = str(tmp_path / "in"), str(tmp_path / "out")
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    before = _tree(str(tmp_path), skip=out)
+    log1 = open(tmp_path / "run1.log", "w")
+    proc = subprocess.Popen(_cmd(inp, out), env=env, stdout=log1, stderr=subprocess.STDOUT, start_new_session=True)
+    seen_procs: dict[int, psutil.Process] = {}
+    sockets: dict = {}
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            tree = _descendants(proc.pid)
+            seen_procs.update({p.pid: p for p in tree})
+            for ip, port, pid in _listening({p.pid for p in tree}):
+                try:
+                    sockets[(ip, port)] = seen_procs[pid].name()
+                except psutil.NoSuchProcess:
+                    sockets[(ip, port)] = "?"
+            if glob.glob(os.path.join(out, "*.parquet.done")):
+                break
+            time.sleep(0.3)
+        done_at_kill = sorted(os.path.basename(p) for p in glob.glob(os.path.join(out, "*.parquet.done")))
+        still_running = proc.poll() is None
+        seen_procs.update({p.pid: p for p in _descendants(proc.pid)})
+        proc.send_signal(signal.SIGKILL)  # the driver: kill -9, no cleanup of any kind
+        proc.wait(timeout=30)
+    finally:
+        _kill_all([p for p in seen_procs.values() if p.pid != proc.pid])  # orphaned Ray/vLLM processes we started
+        log1.close()
+    RECORDED["sockets"] = sockets
+    assert still_running, "run 1 ended before the kill: " + open(tmp_path / "run1.log").read()[-3000:]
+    assert done_at_kill and len(done_at_kill) < N_SHARDS, done_at_kill
+    committed_mtimes = {f: os.path.getmtime(os.path.join(out, f[: -len(".done")])) for f in done_at_kill}
+
+    r = subprocess.run(_cmd(inp, out), env=env, capture_output=True, text=True, timeout=400, start_new_session=True)
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-4000:])
+    summary = json.loads(r.stdout[r.stdout.index("{"):])
+    assert summary["shards_skipped"] == len(done_at_kill)
+    assert summary["shards_written"] == N_SHARDS - len(done_at_kill)
+
+    tables = [read_table(p) for p in sorted(glob.glob(os.path.join(out, "*.parquet")))]  # validates each shard
+    assert len(tables) == N_SHARDS and sum(t.num_rows == 0 for t in tables) == 2  # the two empty shards
+    rows = pa.concat_tables(tables).to_pylist()
+    keys = [row["key"] for row in rows]
+    assert len(keys) == len(set(keys)), "duplicate rows after the resume"
+    assert set(keys) == set(corpus.expected), set(keys) ^ set(corpus.expected)
+    for row in rows:
+        want = corpus.expected[row["key"]].status
+        if want == "ok" and not row["mllm_caption"] and "missing_source_caption" in row["flags"]:
+            want = "model_error"  # no caption at all (pipeline.finalize_row's documented rule)
+        assert row["status"] == want, (row["key"], row["status"], row["error"])
+        assert row["status"] == "ok" or row["error"]
+    assert committed_mtimes == {f: os.path.getmtime(os.path.join(out, f[: -len(".done")])) for f in committed_mtimes}
+    assert not [f for f in os.listdir(out) if f.endswith(".tmp") or f.startswith(".")]
+    manifest = json.load(open(os.path.join(out, "manifest.json")))
+    assert sorted(manifest["shards"]) == [f"{i:05d}" for i in range(N_SHARDS)]
+    # Nothing outside the output folder: the test's folder holds what it held before, plus the run log.
+    after = _tree(str(tmp_path), skip=out)
+    assert {k: v for k, v in after.items() if k != "run1.log"} == before
+    assert not os.path.exists(os.path.join(os.getcwd(), "x.jpg")) and not os.path.exists(tmp_path / "x.jpg")
+
+
+@pytest.mark.xfail(strict=True, reason="Ray 2.60 binds gcs_server/raylet/core-worker gRPC on all interfaces and "
+                   "its agents on the machine's external address even with _node_ip_address=127.0.0.1 "
+                   "(docs/reliability.md, known gaps)")
+def test_listening_sockets_are_loopback_only():
+    if "sockets" not in RECORDED:
+        pytest.skip("the annotate run above did not record its sockets")
+    sockets = RECORDED["sockets"]
+    if not sockets:  # only the loopback assertion below may be the expected failure
+        pytest.skip("no listening sockets were recorded during the run")
+    exposed = {f"{ip}:{port}": name for (ip, port), name in sockets.items() if ip not in ("127.0.0.1", "::1")}
+    assert not exposed, f"listening beyond loopback: {exposed}"
