@@ -128,20 +128,49 @@ class _ForwardHandler(logging.Handler):
             _guard.active = False
 
 
+_ACTIVE: list["StageLogBridge"] = []  # innermost last
+
+
+def _emit_to_active(owner: "StageLogBridge", text: str) -> None:
+    """Forward through ``owner`` while it is active, else through the innermost active bridge.
+
+    A library that created a ``StreamHandler`` while a bridge was active (Ray's own logger does, at
+    its first ``ray.init``) keeps writing to that bridge's tee after it exited: those lines belong to
+    whichever stage runs now, or to nobody."""
+    target = owner if owner in _ACTIVE else (_ACTIVE[-1] if _ACTIVE else None)
+    if target is not None:
+        target.emit(text)
+
+
 class StageLogBridge:
     """Context manager: stage stdout/stderr/logging → ``logger`` (a Prefect run logger or any Logger)."""
 
-    def __init__(self, logger, progress_interval: float = 30.0, loggers: tuple[str, ...] = STAGE_LOGGERS):
+    def __init__(self, logger, progress_interval: float = 30.0, loggers: tuple[str, ...] = STAGE_LOGGERS,
+                 dedup_s: float = 5.0, clock=time.monotonic):
         self.logger, self.interval, self.names = logger, progress_interval, loggers
+        self.dedup_s, self._clock = dedup_s, clock
+        self._last: tuple[str, float] = ("", float("-inf"))
+        self._lock = threading.Lock()
         self._saved: dict = {}
+
+    def emit(self, text: str) -> None:
+        """Log one cleaned line; the same line again within ``dedup_s`` s is dropped (Ray's log
+        forwarding sometimes delivers a worker's line twice)."""
+        now = self._clock()
+        with self._lock:
+            if text == self._last[0] and now - self._last[1] < self.dedup_s:
+                return
+            self._last = (text, now)
+        self.logger.info("%s", text)
 
     def __enter__(self) -> "StageLogBridge":
         self._saved = {"stdout": sys.stdout, "stderr": sys.stderr}
         self.tees = {}
         for name, stream in self._saved.items():
             base = stream.original if isinstance(stream, LineTee) else stream  # never forward twice
-            self.tees[name] = LineTee(base, lambda t: self.logger.info("%s", t), self.interval)
+            self.tees[name] = LineTee(base, lambda t: _emit_to_active(self, t), self.interval)
         sys.stdout, sys.stderr = self.tees["stdout"], self.tees["stderr"]
+        _ACTIVE.append(self)
         self._handler = _ForwardHandler(self.logger)
         self._levels = {}
         for n in self.names:
@@ -155,6 +184,8 @@ class StageLogBridge:
     def __exit__(self, *exc) -> None:
         for tee in self.tees.values():
             tee.close_pending()
+        if self in _ACTIVE:
+            _ACTIVE.remove(self)
         sys.stdout, sys.stderr = self._saved["stdout"], self._saved["stderr"]
         for n, level in self._levels.items():
             lg = logging.getLogger(n)

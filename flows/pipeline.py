@@ -64,11 +64,14 @@ def summary_markdown(workdir: str, annotated: dict, trained: dict, evaluated: di
         f"- rows by status: {annotated.get('status_counts')}",
         f"- rows with boxes: {annotated.get('with_boxes', '?')}, boxes stored: {annotated.get('boxes', '?')}, "
         f"descriptions: {annotated.get('descriptions', '?')}", "",
+        *[ln for ln in (annotated.get("overlay_markdown") or "").splitlines() if ln.startswith("![")][:2], "",
         "## Training", "", f"- steps: {trained.get('steps')}",
         f"- {coverage_line(cov)}" if cov else "- coverage: unknown", "",
         trained.get("curves_markdown") or "", "",
         evaluated.get("table") or "_no evaluation table_",
     ]
+    if os.environ.get("GRAIN_RAY_DASHBOARD_URL"):
+        lines += ["", f"[Ray dashboard]({os.environ['GRAIN_RAY_DASHBOARD_URL']}) (jobs, actors, worker logs)"]
     return "\n".join(lines)
 
 

@@ -181,3 +181,17 @@ def test_training_coverage_counts_rows_trained_per_epoch():
     assert "trained on 112 of 120 annotated rows (93.3 %)" in coverage_line(cov) and "decode_error" in coverage_line(cov)
     info["result"]["samples_seen"] = 40  # stopped by max_steps inside the first epoch
     assert training_coverage(info)["rows_trained"] == 40
+
+
+def test_pipeline_summary_links_runs_and_shows_results():
+    from flows.pipeline import summary_markdown
+
+    md = summary_markdown(
+        "/w", {"output": "/w/annotated", "url": "http://ui/runs/flow-run/a", "status_counts": {"ok": 9}, "with_boxes": 7,
+               "boxes": 30, "descriptions": 12, "overlay_markdown": "# x\n![k1](http://art/k1.png)\n- alt\n![k2](http://art/k2.png)"},
+        {"checkpoint": "/w/train/final.pt", "flow_run_id": "b", "steps": 3, "curves_markdown": "![loss curves](http://art/c.png)",
+         "coverage": {"rows_total": 9, "rows_ok": 9, "rows_skipped": {}, "rows_trained": 8, "fraction": 8 / 9}},
+        {"output": "/w/eval", "url": "http://ui/runs/flow-run/c", "table": "| data set |\n|---|\n| emoji |"})
+    assert "[annotate-cc12m](http://ui/runs/flow-run/a)" in md and "`pretrain-grain` (b)" in md
+    assert "![k1](http://art/k1.png)" in md and "![loss curves](http://art/c.png)" in md
+    assert "trained on 8 of 9 annotated rows (88.9 %)" in md and "| emoji |" in md

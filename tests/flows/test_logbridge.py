@@ -83,3 +83,19 @@ def test_nested_bridges_do_not_forward_twice():
         with StageLogBridge(inner_lg):
             print("once")
     assert inner.lines == ["once"] and outer.lines == []
+
+
+def test_stale_stream_handler_follows_the_running_stage_and_duplicates_are_dropped():
+    """Ray binds a StreamHandler to sys.stderr at its first ray.init (inside stage 1's bridge)."""
+    a_lg, a = _logger("test-bridge-stage-a")
+    b_lg, b = _logger("test-bridge-stage-b")
+    with StageLogBridge(a_lg):
+        handler = logging.StreamHandler(sys.stderr)  # bound to stage a's tee
+    lib = logging.getLogger("test-bridge-lib")
+    lib.propagate, lib.handlers[:] = False, [handler]
+    lib.warning("between stages")  # no stage runs: goes to the real stderr only
+    with StageLogBridge(b_lg):
+        lib.warning("connecting to the cluster")
+        print("dup line")
+        print("dup line")
+    assert a.lines == [] and b.lines == ["connecting to the cluster", "dup line"]
