@@ -1,7 +1,11 @@
 """The annotation job on Ray Data (METHOD.md §1), and ``run_annotation(cfg) -> summary`` for flows/CLI.
 
-    input shards ──read (tasks)──▶ records ──decode (tasks, bounded)──▶ DescribeStage actor pool (vLLM)
-        ──▶ GroundStage actor pool (OWLv2) ──▶ driver: rows grouped by input shard ──▶ ShardWriter
+    input shards ──read (tasks, one shard each)──▶ records ──decode (tasks, bounded)──▶ blocks of batch_size
+        ──▶ DescribeStage actor pool (vLLM) ──▶ GroundStage actor pool (OWLv2)
+        ──▶ driver: rows grouped by input shard ──▶ ShardWriter
+
+Rows travel in blocks of ``run.batch_size`` (streaming repartition), so each model task is one batch
+and the describer, the grounder and the driver work at the same time (build_dataset says why).
 
 One streaming Ray Data job covers every pending shard, so each model engine starts once per run.
 The driver groups finished rows by input shard; a shard is written (validated, atomic, committed)
@@ -121,9 +125,18 @@ def build_dataset(cfg: AnnotateConfig, shards: list, models: dict):
     ds = ray.data.from_items([{"shard": json.dumps(s.to_dict())} for s in shards], override_num_blocks=len(shards))
     ds = ds.map_batches(stages.read_shards_batch, batch_size=1, batch_format="pyarrow", num_cpus=run.task_cpus,
                         fn_kwargs={"limits": limits})
+    # Streaming (no shuffle) re-blocking, for two reasons measured with benchmarks/annotate_overhead.py:
+    # 1. Without it Ray Data fuses read and decode into one task whose input bundle is sized by decode's
+    #    batch_size counted in *shard descriptors*: decode_batch_size shards were read by ONE task.
+    # 2. A map task emits its output as one block when it ends (blocks are cut at 128 MB), so a block of a
+    #    whole shard went through the describer as one task and reached the grounder only when all of
+    #    it was described: the two model stages never overlapped and rows reached the driver in a burst.
+    # Blocks of batch_size rows make every model task one batch, so the stages pipeline.
+    ds = ds.repartition(target_num_rows_per_block=run.decode_batch_size)
     ds = ds.map_batches(stages.decode_batch, batch_size=run.decode_batch_size, batch_format="pyarrow",
                         num_cpus=run.task_cpus, fn_kwargs={"max_image_pixels": cfg.limits.max_image_pixels,
                                                            "min_image_side": cfg.limits.min_image_side})
+    ds = ds.repartition(target_num_rows_per_block=run.batch_size)
     describer_kwargs = {"max_new_tokens": m.max_new_tokens, "max_descriptions": m.max_descriptions,
                         "enforce_eager": m.enforce_eager, "max_model_len": m.max_model_len,
                         "gpu_memory_utilization": m.gpu_memory_utilization,
@@ -136,7 +149,7 @@ def build_dataset(cfg: AnnotateConfig, shards: list, models: dict):
         num_cpus=run.describer_cpus, num_gpus=run.describer_gpus or None,
         fn_constructor_kwargs={"model": models["mllm"], "family": m.mllm_family, "describer_kwargs": describer_kwargs,
                                "max_descriptions": m.max_descriptions, "threads": run.threads_per_actor,
-                               "inject": inject, "max_restarts": run.max_restarts})
+                               "inject": inject, "max_restarts": run.max_restarts, "cpu_bind": run.describer_cpu_bind})
     ds = ds.map_batches(
         stages.GroundStage, batch_size=run.batch_size, batch_format="pyarrow",
         compute=ActorPoolStrategy(min_size=1, max_size=max(1, run.grounder_actors)),
@@ -144,7 +157,8 @@ def build_dataset(cfg: AnnotateConfig, shards: list, models: dict):
         fn_constructor_kwargs={"model": models["detector"], "max_boxes": m.max_boxes, "threads": run.threads_per_actor,
                                "grounder_kwargs": {"threshold": m.box_threshold, "nms_iou": m.nms_iou,
                                                    "max_boxes": m.max_boxes, "batch_size": run.batch_size},
-                               "inject": inject, "max_restarts": run.max_restarts})
+                               "inject": inject, "max_restarts": run.max_restarts,
+                               "cpu_affinity": run.grounder_cpu_affinity})
     return ds
 
 

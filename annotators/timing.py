@@ -15,13 +15,17 @@ the first (``window_batches`` reports how many describer batches the window hold
     timer.mark_committed(shard, t)          # after each shard commit
     timer.summary() -> dict                 # see ``summary``
 
-Memory: one float per row (its describer start) plus one entry per model batch.
+Memory: one float per row (its describer start), one entry per model batch, and 6 floats per row for
+the first ``MAX_ROWS_WITH_WAITS`` rows (the per-row waits, averaged over steady rows only).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from array import array
+
+MAX_ROWS_WITH_WAITS = 1_000_000  # per-row waits are kept for this many rows (5 floats each)
 
 _GAPS = {  # name: (later stamp, earlier stamp): where a row waits between stages
     "decode_to_describe": ("t_describe_start", "t_decoded"),  # queued for the describer (+ transfer)
@@ -36,12 +40,13 @@ class RunTimer:
 
     def __init__(self):
         self.describe_starts = array("d")
+        self.describe_starts_by_row = array("d")  # aligned with self.gaps (NaN: row skipped the describer)
         self.describe_batches: dict[tuple[float, float], int] = {}  # (start, end) → rows
         self.ground_batches: dict[tuple[float, float], int] = {}
         self.decode_s = 0.0
         self.decoded = 0
-        self.gap_sums = dict.fromkeys(_GAPS, 0.0)
-        self.gap_counts = dict.fromkeys(_GAPS, 0)
+        # Per-row waits (NaN = unknown), for the first MAX_ROWS_WITH_WAITS rows: averaged over steady rows.
+        self.gaps = {name: array("d") for name in _GAPS}
         self.pending: dict[str, list[dict]] = {}  # shard → received rows' stamps, until the shard commits
         self.commits: list[float] = []
         self.first_received: float | None = None
@@ -55,6 +60,8 @@ class RunTimer:
             shard = r.get("shard") or ""
             r = {**{k: r.get(k) for k in ("t_decoded", "t_describe_start", "t_described", "t_ground_start",
                                           "t_grounded", "decode_s")}, "t_received": t_received}
+            if len(self.describe_starts_by_row) < MAX_ROWS_WITH_WAITS:
+                self.describe_starts_by_row.append(math.nan if r["t_describe_start"] is None else r["t_describe_start"])
             if r["t_describe_start"] is not None:
                 self.describe_starts.append(r["t_describe_start"])
                 key = (r["t_describe_start"], r["t_described"])
@@ -65,7 +72,10 @@ class RunTimer:
             if r["decode_s"] is not None:
                 self.decode_s += r["decode_s"]
                 self.decoded += 1
-            self._gaps(r, skip=("driver_to_commit",))
+            if len(self.gaps["decode_to_describe"]) < MAX_ROWS_WITH_WAITS:
+                r["row"] = len(self.gaps["decode_to_describe"])
+                for name in _GAPS:
+                    self.gaps[name].append(_diff(r, name))
             self.pending.setdefault(shard, []).append(r)
 
     def mark_committed(self, shard: str, t: float | None = None, write_s: float = 0.0) -> None:
@@ -77,21 +87,14 @@ class RunTimer:
         self.write_s += write_s
         self.written_rows += len(done)
         for r in done:
-            r["t_committed"] = t
-            self._gaps(r, only=("driver_to_commit",))
-
-    def _gaps(self, r: dict, skip=(), only=None) -> None:
-        for name, (later, earlier) in _GAPS.items():
-            if name in skip or (only and name not in only):
-                continue
-            if r.get(later) is not None and r.get(earlier) is not None:
-                self.gap_sums[name] += r[later] - r[earlier]
-                self.gap_counts[name] += 1
+            if "row" in r:
+                r["t_committed"] = t
+                self.gaps["driver_to_commit"][r["row"]] = _diff(r, "driver_to_commit")
 
     def summary(self) -> dict:
         """``{"steady_images_per_s", "steady_rows", "window_s", "window_batches", "per_image_ms": {decode,
-        describe, ground, driver_write} (busy time per image), "busy_fraction": {describe, ground} (share of the
-        window each model stage was busy), "wait_ms": mean per-row waits between stages}``; empty dict
+        describe, ground, driver_write} (busy time per image), "busy_fraction": {describe, ground, both} (share of the
+        window each model stage was busy; both at once), "wait_ms": mean waits between stages of the steady rows}``; empty dict
         when no row went through the describer."""
         if not self.describe_batches or not self.commits:
             return {}
@@ -110,27 +113,50 @@ class RunTimer:
                 "driver_write": _ms(self.write_s, self.written_rows),
             },
             "busy_fraction": {"describe": _busy(self.describe_batches, t0, t1),
-                              "ground": _busy(self.ground_batches, t0, t1)},
-            "wait_ms": {k: _ms(self.gap_sums[k], self.gap_counts[k]) for k in _GAPS},
+                              "ground": _busy(self.ground_batches, t0, t1),
+                              "both": _both_busy(self.describe_batches, self.ground_batches, t0, t1)},
+            "wait_ms": self._steady_waits(t0),
         }
         return out
+
+    def _steady_waits(self, t0: float) -> dict:
+        """Mean wait (ms) per gap over the steady rows among those stored (start-up queueing excluded)."""
+        out = {}
+        steady = [i for i in range(len(self.gaps["decode_to_describe"])) if self.describe_starts_by_row[i] >= t0]
+        for name, vals in self.gaps.items():
+            xs = [vals[i] for i in steady if not math.isnan(vals[i])]
+            out[name] = _ms(sum(xs), len(xs))
+        return out
+
+
+def _diff(r: dict, name: str) -> float:
+    later, earlier = _GAPS[name]
+    a, b = r.get(later), r.get(earlier)
+    return math.nan if a is None or b is None else a - b
 
 
 def _ms(total_s: float, n: int) -> float | None:
     return round(1000 * total_s / n, 2) if n else None
 
 
-def _busy(batches: dict, t0: float, t1: float) -> float:
-    """Share of [t0, t1] covered by the union of the batch intervals (several actors overlap)."""
-    spans = sorted((max(s, t0), min(e, t1)) for s, e in batches if e > t0 and s < t1)
-    covered, cur_s, cur_e = 0.0, None, None
-    for s, e in spans:
-        if cur_e is None or s > cur_e:
-            if cur_e is not None:
-                covered += cur_e - cur_s
-            cur_s, cur_e = s, e
+def _union(batches: dict, t0: float, t1: float) -> list[tuple[float, float]]:
+    """The batch intervals clipped to [t0, t1], merged (several actors overlap)."""
+    merged: list[list[float]] = []
+    for s, e in sorted((max(s, t0), min(e, t1)) for s, e in batches if e > t0 and s < t1):
+        if merged and s <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], e)
         else:
-            cur_e = max(cur_e, e)
-    if cur_e is not None:
-        covered += cur_e - cur_s
-    return round(covered / max(t1 - t0, 1e-9), 3)
+            merged.append([s, e])
+    return [(s, e) for s, e in merged]
+
+
+def _busy(batches: dict, t0: float, t1: float) -> float:
+    """Share of [t0, t1] during which at least one batch of the stage ran."""
+    return round(sum(e - s for s, e in _union(batches, t0, t1)) / max(t1 - t0, 1e-9), 3)
+
+
+def _both_busy(a: dict, b: dict, t0: float, t1: float) -> float:
+    """Share of [t0, t1] during which both stages ran at once (how much the pipeline overlaps them)."""
+    ua, ub = _union(a, t0, t1), _union(b, t0, t1)
+    both = sum(max(0.0, min(e1, e2) - max(s1, s2)) for s1, e1 in ua for s2, e2 in ub)
+    return round(both / max(t1 - t0, 1e-9), 3)
