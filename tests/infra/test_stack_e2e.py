@@ -1,5 +1,6 @@
-"""End to end on a stack of its own: `grain stack up`, deployments triggered through the Prefect API,
-outputs + artifacts checked, `grain stack down` leaves no process behind (psutil)."""
+"""End to end on a stack of its own: `grain stack up` (twice: idempotent), the grain-pipeline deployment
+triggered through the Prefect API, outputs + artifacts + run logs checked, `grain stack down` leaves no
+process behind (psutil: nothing in the services' sessions, nothing naming the stack's folders)."""
 
 import json
 import os
@@ -59,9 +60,28 @@ def _artifacts(api_url: str, flow_run_id: str) -> dict:
         return {a["key"] or a["type"]: a for a in json.load(r)}
 
 
-def test_stack_runs_deployments_and_stops_cleanly(stack_env, tmp_path, tiny_models):
+def _post(api_url: str, path: str, body: dict) -> list:
+    req = urllib.request.Request(f"{api_url}{path}", data=json.dumps(body).encode(), headers={"content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.load(r)
+
+
+def _logs(api_url: str, flow_run_id: str) -> str:
+    out, offset = [], 0
+    while True:
+        page = _post(api_url, "/logs/filter", {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "sort": "TIMESTAMP_ASC",
+                                              "offset": offset, "limit": 200})
+        out += [x["message"] for x in page]
+        if len(page) < 200:
+            return "\n".join(out)
+        offset += 200
+
+
+def test_stack_runs_the_pipeline_deployment_and_stops_cleanly(stack_env, tmp_path, tiny_models):
+    """One grain-pipeline deployment run (annotate → pretrain → evaluate as subflows) on 16 images:
+    artifacts of every stage, the stages' own output lines in the subflow run logs (API), clean stop."""
     from infra import demo_corpus, stack
-    from infra.demo import trigger
+    from infra.demo import child_runs, trigger
 
     cfg = stack_env
     st = stack.up(cfg, timeout=300)
@@ -72,25 +92,44 @@ def test_stack_runs_deployments_and_stops_cleanly(stack_env, tmp_path, tiny_mode
 
     corpus = str(tmp_path / "corpus")
     demo_corpus.build_corpus(corpus, limit=16, shard_size=8, show_progress=False)
-    annot, train = str(tmp_path / "annotated"), str(tmp_path / "train")
-    run = trigger("annotate-cc12m/annotate-cc12m", {"input": corpus, "output": annot}, cfg.api_url, timeout=600)
+    workdir = str(tmp_path / "run")
+    overrides = {"train": {"batch_size": 4, "epochs": 1},  # 16 rows, 2 workers: 2 steps
+                 "eval": {"limit": 20, "templates": ["a photo of a {}."], "alphas": [1.0, 0.0]}}
+    run = trigger("grain-pipeline/grain-pipeline", {"input": corpus, "workdir": workdir, "overrides": overrides},
+                  cfg.api_url, timeout=900)
     assert run["state"] == "COMPLETED", run
+    annot = os.path.join(workdir, "annotated")
     assert sorted(f for f in os.listdir(annot) if f.endswith(".parquet")) == ["00000.parquet", "00001.parquet"]
-    arts = _artifacts(cfg.api_url, run["id"])
-    assert {"annotation-stats", "annotation-samples", "ray-dashboard"} <= set(arts), sorted(arts)
-    md = arts["annotation-samples"]["data"]
+    assert os.path.getsize(os.path.join(workdir, "train", "final.pt")) > 0
+    assert os.path.exists(os.path.join(workdir, "eval", "results.json"))
+
+    subs = {c["flow"]: c for c in child_runs(cfg.api_url, run["id"])}
+    assert set(subs) == {"annotate-cc12m", "pretrain-grain", "evaluate-grain"}, subs
+    ids = {k: c["url"].rsplit("/", 1)[1] for k, c in subs.items()}
+    arts = {k: _artifacts(cfg.api_url, i) for k, i in ids.items()}
+    assert {"annotation-stats", "annotation-samples", "ray-dashboard"} <= set(arts["annotate-cc12m"])
+    assert {"training-curves", "training-metrics"} <= set(arts["pretrain-grain"])
+    assert {"evaluation-results", "evaluation-table"} <= set(arts["evaluate-grain"])
+    from flows.pretrain import coverage_line, training_coverage
+
+    with open(os.path.join(workdir, "train", "run.json")) as fh:
+        cov = training_coverage(json.load(fh))
+    assert cov["rows_total"] >= 15 and cov["rows_trained"] >= 8, cov  # the corpus may skip an unreadable image
+    summary = _artifacts(cfg.api_url, run["id"])["pipeline-summary"]["data"]
+    assert coverage_line(cov) in summary and subs["annotate-cc12m"]["url"] in summary
+    md = arts["annotate-cc12m"]["annotation-samples"]["data"]
     url = md.split("](", 1)[1].split(")", 1)[0]
     assert url.startswith(cfg.artifact_url)
     with urllib.request.urlopen(url, timeout=10) as r:  # the overlay PNG is served on 127.0.0.1
         assert r.read(8) == b"\x89PNG\r\n\x1a\n"
 
-    run = trigger("pretrain-grain/pretrain-grain",
-                  {"data": annot, "output": train, "overrides": {"batch_size": 4, "max_steps": 2}},
-                  cfg.api_url, timeout=600)
-    assert run["state"] == "COMPLETED", run
-    assert os.path.getsize(os.path.join(train, "final.pt")) > 0
-    arts = _artifacts(cfg.api_url, run["id"])
-    assert {"training-curves", "training-metrics"} <= set(arts), sorted(arts)
+    # The stages' own lines reach the flow run logs (Ray worker prints included), via the API.
+    assert f"annotation finished: {cov['rows_total']} rows" in _logs(cfg.api_url, ids["annotate-cc12m"])
+    train_log = _logs(cfg.api_url, ids["pretrain-grain"])
+    steps = cov["rows_trained"] // 8
+    assert "(RayTrainWorker" in train_log and f"[grain train] step {steps}/{steps}" in train_log, train_log[-3000:]
+    assert coverage_line(cov) in train_log
+    assert "Zero-shot classification" in _logs(cfg.api_url, ids["evaluate-grain"])
 
     procs_before = [psutil.Process(p) for p in pids if psutil.pid_exists(p)]
     stack.down(cfg)
@@ -101,9 +140,10 @@ def test_stack_runs_deployments_and_stops_cleanly(stack_env, tmp_path, tiny_mode
     for p in psutil.process_iter(["pid", "cmdline"]):
         try:
             cmd = " ".join(p.info["cmdline"] or [])
-        except psutil.Error:
+            sid = os.getsid(p.pid)
+        except (psutil.Error, OSError):
             continue
-        if (cfg.home in cmd or cfg.ray_tmp in cmd) and p.pid != os.getpid():
+        if p.pid != os.getpid() and (cfg.home in cmd or cfg.ray_tmp in cmd or sid in pids):
             leftovers.append((p.pid, cmd[:200]))
     assert not leftovers
     assert not stack.status(cfg)["up"]
