@@ -109,7 +109,7 @@ def process_titles(value: str) -> list[str]:
 class LocalRayCluster:
     """Nodes ``0..n-1`` (0 is the head), ``cpus_per_node`` CPUs and resource ``node_<i>`` each."""
 
-    def __init__(self, cpus_per_node: int = 1, start_timeout_s: float = 180):
+    def __init__(self, cpus_per_node: int = 1, start_timeout_s: float = 180, extra_env: dict | None = None):
         self.cpus_per_node = cpus_per_node
         self.start_timeout_s = start_timeout_s
         self.id = secrets.token_hex(6)
@@ -128,6 +128,7 @@ class LocalRayCluster:
             "PYTHONPATH": os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH")) if p),
         }
         self.env.pop("RAY_ADDRESS", None)
+        self.env.update(extra_env or {})  # e.g. Ray config (RAY_health_check_*) every node and worker sees
 
     @property
     def address(self) -> str:
@@ -223,11 +224,11 @@ class LocalRayCluster:
 
 
 @contextmanager
-def local_ray_cluster(n_nodes: int = 2, cpus_per_node: int = 1, timeout_s: float = 180):
+def local_ray_cluster(n_nodes: int = 2, cpus_per_node: int = 1, timeout_s: float = 180, extra_env: dict | None = None):
     """Start ``n_nodes`` Ray nodes (see ``LocalRayCluster``); yield the cluster; stop everything started here."""
     if n_nodes < 1:
         raise ValueError(f"local_ray_cluster: n_nodes must be >= 1, got {n_nodes}")
-    cluster = LocalRayCluster(cpus_per_node=cpus_per_node, start_timeout_s=timeout_s)
+    cluster = LocalRayCluster(cpus_per_node=cpus_per_node, start_timeout_s=timeout_s, extra_env=extra_env)
     try:
         cluster.start_node(0)
         cluster.wait_for_nodes(1)  # the others join through the head's GCS
