@@ -57,8 +57,18 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, dashboar
     kwargs = {"include_dashboard": bool(dashboard)}
     if dashboard:
         kwargs["dashboard_host"] = "127.0.0.1"
-    ctx = ray.init(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1", _temp_dir=local_temp_dir(),
-                   log_to_driver=False, runtime_env=runtime_env, **kwargs)
+    # ray.init turns a loopback _node_ip_address into the machine's external address unless Ray runs in
+    # its single-machine mode (ray_constants.ENABLE_RAY_CLUSTER false, as on macOS/Windows; env var
+    # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0): switch that on for this start so every component gets 127.0.0.1.
+    from ray._private import ray_constants
+
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ctx = ray.init(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1", _temp_dir=local_temp_dir(),
+                       log_to_driver=False, runtime_env=runtime_env, **kwargs)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
     if dashboard:
         print(f"Ray dashboard: http://{ctx.dashboard_url}", flush=True)
     return True

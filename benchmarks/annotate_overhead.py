@@ -107,6 +107,9 @@ def main(argv=None) -> int:
     p.add_argument("--size", default="bench", choices=["bench", "tiny"], help="model size (bench: ≥ 50 ms/img)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="annotation config override for both arms, e.g. run.threads_per_actor=2")
+    p.add_argument("--also-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="run the pipeline a second time with these extra overrides (same process, same load), "
+                        "e.g. --also-set run.describer_cpu_bind=0 --also-set 'run.grounder_cpu_affinity=[1]'")
     p.add_argument("--skip-bare", action="store_true", help="pipeline only")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -124,7 +127,13 @@ def main(argv=None) -> int:
         build_corpus(root, args.images, args.shards)
         bare = None if args.skip_bare else bare_loop(cfg, root)
         pipe = pipeline(cfg, root, os.path.join(tmp, "out"))
-    print(json.dumps({"bare": bare, "pipeline": pipe}, indent=1))
+        variant = None
+        if args.also_set:
+            cfg2 = load_config(profile="tiny", overrides=[f"run.batch_size={args.batch_size}", "run.progress=false",
+                                                          *args.set, *args.also_set])
+            cfg2.models.mllm, cfg2.models.detector = cfg.models.mllm, cfg.models.detector
+            variant = pipeline(cfg2, root, os.path.join(tmp, "out2"))
+    print(json.dumps({"bare": bare, "pipeline": pipe, "pipeline_variant": variant}, indent=1))
     pm = pipe.get("per_image_ms", {})
     if bare:
         b = bare["per_image_ms"]
@@ -138,6 +147,11 @@ def main(argv=None) -> int:
     print(f"  busy share of the window: {pipe.get('busy_fraction')}; mean waits (ms): {pipe.get('wait_ms')}")
     if bare:
         print(f"ratio     : {pipe.get('steady_images_per_s', 0) / bare['images_per_s']:.2f}x bare (goal >= 0.9)")
+    if variant:
+        vm = variant.get("per_image_ms", {})
+        print(f"variant {args.also_set}: {variant.get('steady_images_per_s', 0):.2f} images/s steady "
+              f"(describe {vm.get('describe')} ms, ground {vm.get('ground')} ms per image; busy {variant.get('busy_fraction')})"
+              + (f" = {variant.get('steady_images_per_s', 0) / bare['images_per_s']:.2f}x bare" if bare else ""))
     return 0
 
 

@@ -14,7 +14,7 @@ def test_help_lists_the_options(capsys):
         main(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for opt in ("--input", "--output", "--profile", "--config", "--set", "--ray-address"):
+    for opt in ("--input", "--output", "--profile", "--config", "--set", "--ray-address", "--dashboard"):
         assert opt in out
 
 

@@ -1,0 +1,40 @@
+"""The private local Ray that `grain annotate` starts (annotators/ray_session.py): 127.0.0.1 only, its
+own temp dir under $GRAIN_CACHE, no dashboard unless asked. Slow: starts a real Ray in a child process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+_PROBE = """
+import json, psutil, ray
+from annotators.ray_session import ensure_ray
+assert ensure_ray(num_cpus=1, dashboard=False) is True
+node = ray._private.worker._global_node
+ours = {p.pid for p in psutil.Process().children(recursive=True)}
+listen = sorted({c.laddr.ip for c in psutil.net_connections("inet") if c.status == "LISTEN" and c.pid in ours})
+info = {"ip": ray.nodes()[0]["NodeManagerAddress"], "temp": node.get_temp_dir_path(), "listen": listen,
+        "webui": node.address_info.get("webui_url"), "started_again": ensure_ray()}
+ray.shutdown()
+print(json.dumps(info))
+"""
+
+
+def test_local_ray_is_private():
+    cache = tempfile.mkdtemp(prefix="gc-", dir="/tmp")  # short: Ray's socket paths have a length limit
+    env = {**os.environ, "GRAIN_CACHE": cache, "RAY_ADDRESS": "", "PYTHONPATH": os.getcwd()}
+    r = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-3000:]
+    info = json.loads(r.stdout.strip().splitlines()[-1])
+    assert info["ip"] == "127.0.0.1"
+    assert info["listen"] and all(ip in ("127.0.0.1", "::ffff:127.0.0.1") for ip in info["listen"]), info["listen"]
+    assert info["temp"] == os.path.join(cache, "ray")
+    assert not info["webui"]  # no dashboard unless asked
+    assert info["started_again"] is False  # an initialised Ray is reused, not restarted
