@@ -90,7 +90,7 @@ def test_sigkilled_worker_restarts_from_checkpoint(ray_local, tmp_path):
         assert sorted(set(steps)) == list(range(1, STEPS + 1)), rank
         counts = {s: steps.count(s) for s in set(steps)}
         assert all(counts[s] == 1 for s in range(1, CKPT_EVERY + 1)), ("restarted from scratch", rank, counts)
-        assert any(c == 2 for c in counts.values()) or steps == sorted(steps), (rank, counts)
+        assert max(counts.values()) <= 2, ("more than one restart", rank, counts)
     # The restarted group resumed: the second attempt's first step is right after a checkpoint step.
     with open(os.path.join(out, "sample_keys", "rank0.jsonl")) as f:
         steps = [json.loads(line)["step"] for line in f]
