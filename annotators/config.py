@@ -75,8 +75,9 @@ class RunConfig:
     threads_per_actor: int | None = None  # torch threads in each model actor; None = library default
     # CPU-only nodes: keep the two model stages off each other's cores so they run at once. vLLM's
     # engine binds its threads to describer_cpu_bind (VLLM_CPU_OMP_THREADS_BIND syntax, e.g. "0" or "0-5";
-    # None = vLLM's auto binding); the grounder actor pins itself to grounder_cpu_affinity (CPU ids; its
-    # torch threads = their count). None = no pinning (GPU nodes).
+    # None = vLLM's auto binding); the grounder actor pins itself to grounder_cpu_affinity (CPU ids, or
+    # "auto" = the last CPU, which vLLM's auto binding leaves free; its torch threads = their count).
+    # None = no pinning (GPU nodes).
     describer_cpu_bind: str | None = None
     grounder_cpu_affinity: list | None = None
     ray_address: str | None = None  # None: local Ray (or the one already initialised); else a cluster

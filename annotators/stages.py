@@ -162,8 +162,9 @@ def _restart_guard(max_restarts: int | None) -> None:
 
 
 def pin_cpus(cpus: list | None) -> list[int]:
-    """Pin this process (and the threads it starts) to ``cpus`` ∩ the CPUs it may use; returns the CPUs
-    pinned ([] = not pinned: no list, none allowed, or no sched_setaffinity on this OS).
+    """Pin this process (and the threads it starts) to ``cpus`` ∩ the CPUs it may use (``"auto"``: the
+    last CPU it may use); returns the CPUs pinned ([] = not pinned: no list, none allowed, or no
+    sched_setaffinity on this OS).
 
     Why: on a small CPU node vLLM binds its engine's threads to some cores (VLLM_CPU_OMP_THREADS_BIND,
     ``run.describer_cpu_bind``); a grounder thread that floats onto those cores stalls the describer
@@ -171,6 +172,10 @@ def pin_cpus(cpus: list | None) -> list[int]:
     if not cpus or not hasattr(os, "sched_setaffinity"):
         return []
     allowed = os.sched_getaffinity(0)
+    if cpus in ("auto", ["auto"]):
+        # The last CPU this process may use: the one vLLM's automatic binding leaves free ("reserved")
+        # for other processes on a small node (vLLM takes the first cores of its NUMA node).
+        cpus = [max(allowed)]
     chosen = sorted({int(c) for c in cpus} & allowed)
     if not chosen:
         log.warning("cpu affinity %s: none of these CPUs is available (allowed: %s); not pinning", cpus, sorted(allowed))

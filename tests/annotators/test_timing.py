@@ -83,8 +83,10 @@ def test_pin_cpus_in_a_child_process():
     import sys
 
     code = ("import os; from annotators.stages import pin_cpus; last = max(os.sched_getaffinity(0)); "
-            "print(pin_cpus([last, 100000]), sorted(os.sched_getaffinity(0)) == [last], pin_cpus([100000]), pin_cpus(None))")
+            "print(pin_cpus([last, 100000]), sorted(os.sched_getaffinity(0)) == [last], pin_cpus([100000]), pin_cpus(None), "
+            "pin_cpus('auto') == [last])")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    pinned, only_last, none, off = r.stdout.strip().rsplit(" ", 3)[0], *r.stdout.split()[-3:]
-    assert only_last == "True" and none == "[]" and off == "[]" and pinned.startswith("[") and "100000" not in pinned
+    pinned, only_last, none, off, auto = r.stdout.strip().rsplit(" ", 4)[0], *r.stdout.split()[-4:]
+    assert only_last == "True" and none == "[]" and off == "[]" and auto == "True"
+    assert pinned.startswith("[") and "100000" not in pinned
