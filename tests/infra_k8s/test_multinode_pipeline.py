@@ -107,6 +107,7 @@ def test_annotate_and_train_on_two_nodes_survive_a_lost_node(s3_bucket, tiny_mod
             replaced = 0
             t_kill = time.monotonic()
             while train.poll() is None and time.monotonic() - t_kill < 400:
+                cluster.ensure_running(1)  # a node start can time out on a loaded machine: start it again
                 replaced = max(replaced, _train_workers(cluster)[1])
                 time.sleep(1)
             rc = train.wait(timeout=5)
