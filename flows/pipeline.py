@@ -18,7 +18,6 @@ import os
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from flows import common
 from flows.annotate import annotate_cc12m
 from flows.evaluate import evaluate_grain
 from flows.pretrain import coverage_line, pretrain_grain
