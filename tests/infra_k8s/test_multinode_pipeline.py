@@ -28,7 +28,9 @@ from tests.infra_k8s.conftest import REPO
 from tests.infra_k8s.multinode import local_ray_cluster, process_titles
 
 N_IMAGES = 8
-BATCH, EPOCHS = 2, 10  # 8 rows / (2 workers × 2) = 2 steps per epoch → 20 steps: time to kill a node
+BATCH, EPOCHS = 2, 40  # 8 rows / (2 workers × 2) = 2 steps per epoch → 80 steps: on an idle machine
+# 20 steps took ~5 s and ended before the node kill landed; 80 steps with a checkpoint every 10 leave
+# time to kill node 1 after the first checkpoint without writing 40 checkpoints to S3
 RUN_NAME = "mn"
 
 
@@ -84,7 +86,7 @@ def test_annotate_and_train_on_two_nodes_survive_a_lost_node(s3_bucket, tiny_mod
         log_path = os.path.join(cluster.temp_dir, "train.log")
         cmd = [sys.executable, "-m", "trainers.cli", "--data", annotated, "--output", out, "--profile", "tiny",
                "--ray-address", cluster.address, "--run-name", RUN_NAME, "--batch-size", str(BATCH),
-               "--epochs", str(EPOCHS), "--set", "cpus_per_worker=2", "--set", "torch_threads=1", "--set", "checkpoint_every=2",
+               "--epochs", str(EPOCHS), "--set", "cpus_per_worker=2", "--set", "torch_threads=1", "--set", "checkpoint_every=10",
                "--set", "max_failures=3", "--set", "data.decode_threads=1"]
         with open(log_path, "w") as log:
             train = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -94,7 +96,10 @@ def test_annotate_and_train_on_two_nodes_survive_a_lost_node(s3_bucket, tiny_mod
             deadline = time.monotonic() + 300
             while time.monotonic() < deadline and train.poll() is None:
                 seen = [max(a, b) for a, b in zip(seen, _train_workers(cluster))]
-                if _checkpoints(ckpt_root) and all(seen):
+                # Two checkpoint folders on S3: the first one is then surely registered with Ray
+                # (a node killed while its newest checkpoint is still being reported restarts the
+                # run from the previous one, or from scratch if there is none).
+                if len(_checkpoints(ckpt_root)) >= 2 and all(seen):
                     break
                 time.sleep(0.5)
             assert train.poll() is None, "training ended before a node could be killed:\n" + open(log_path).read()[-4000:]
