@@ -96,25 +96,17 @@ REQUEST_BUILDERS = {"llava": llava_request, "qwen2_vl": qwen2_vl_request}
 # config.json ``model_type`` → family
 _MODEL_TYPES = {"llava": "llava", "qwen2_vl": "qwen2_vl"}
 
-# Model ids per profile (docs/ARCHITECTURE.md "Profiles"). ``tiny`` entries are names in the tiny-model
-# cache (annotators/tiny_models.py: ensure_tiny_models); ``paper`` entries are hub ids (METHOD.md §1).
-PROFILES = {
-    "tiny": {"mllm": "llava", "mllm_family": "llava", "detector": "owlv2"},
-    "paper": {"mllm": "llava-hf/llava-1.5-7b-hf", "mllm_family": "llava", "detector": "google/owlv2-base-patch16-ensemble"},
-}
-
-
 def resolve_profile(profile: str) -> dict:
-    """``{"mllm": dir or id, "mllm_family": ..., "detector": dir or id}`` for a profile; tiny ones are built if missing."""
-    if profile not in PROFILES:
-        raise ValueError(f"unknown model profile {profile!r}; expected one of {sorted(PROFILES)}")
-    out = dict(PROFILES[profile])
-    if profile == "tiny":
-        from annotators.tiny_models import ensure_tiny_models
+    """``{"mllm": dir or id, "mllm_family": ..., "detector": dir or id}`` for a profile; tiny ones are built if missing.
 
-        paths = ensure_tiny_models([out["mllm"], out["detector"]])
-        out.update(mllm=paths[out["mllm"]], detector=paths[out["detector"]])
-    return out
+    The model ids live in one place, the profile's run file (``configs/annotate-<profile>.yaml``), and are
+    resolved the way the pipeline resolves them (``annotators.pipeline.resolve_models``)."""
+    from annotators.config import load_config
+    from annotators.pipeline import resolve_models
+
+    cfg = load_config(profile=profile)  # ConfigError (a ValueError) naming an unknown profile
+    models = resolve_models(cfg)
+    return {"mllm": models["mllm"], "mllm_family": cfg.models.mllm_family, "detector": models["detector"]}
 
 
 def detect_family(model: str) -> str:

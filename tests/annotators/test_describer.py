@@ -7,13 +7,13 @@ import pytest
 
 from annotators.describer import DescriberOutput, is_engine_dead
 from annotators.parse import parse_mllm_output
-from annotators.prompts import PROFILES, REQUEST_BUILDERS, detect_family, resolve_profile
+from annotators.prompts import REQUEST_BUILDERS, detect_family, resolve_profile
 
 
 def test_detect_family(tiny_models, tmp_path):
     assert detect_family(tiny_models["llava"]) == "llava"
     assert detect_family(tiny_models["qwen2-vl"]) == "qwen2_vl"
-    assert detect_family(PROFILES["paper"]["mllm"]) == "llava"  # hub id, offline: from the name
+    assert detect_family(resolve_profile("paper")["mllm"]) == "llava"  # hub id, offline: from the name
     assert detect_family("Qwen/Qwen2-VL-2B-Instruct") == "qwen2_vl"
     with pytest.raises(ValueError, match="text-llm"):
         detect_family(tiny_models["text-llm"])  # a text-only Llama is no MLLM
