@@ -92,7 +92,6 @@ def test_sigkill_driver_then_rerun_gives_every_row_once(tiny_models, tmp_path):
             if glob.glob(os.path.join(out, "*.parquet.done")):
                 break
             time.sleep(0.3)
-        done_at_kill = sorted(os.path.basename(p) for p in glob.glob(os.path.join(out, "*.parquet.done")))
         still_running = proc.poll() is None
         seen_procs.update({p.pid: p for p in _descendants(proc.pid)})
         proc.send_signal(signal.SIGKILL)  # the driver: kill -9, no cleanup of any kind
@@ -100,6 +99,9 @@ def test_sigkill_driver_then_rerun_gives_every_row_once(tiny_models, tmp_path):
     finally:
         _kill_all([p for p in seen_procs.values() if p.pid != proc.pid])  # orphaned Ray/vLLM processes we started
         log1.close()
+    # What the crash left committed, counted once nothing of run 1 is alive: a Ray worker may commit
+    # one more shard in the moment between the driver's SIGKILL and its own.
+    done_at_kill = sorted(os.path.basename(p) for p in glob.glob(os.path.join(out, "*.parquet.done")))
     RECORDED["sockets"] = sockets
     assert still_running, "run 1 ended before the kill: " + open(tmp_path / "run1.log").read()[-3000:]
     assert done_at_kill and len(done_at_kill) < N_SHARDS, done_at_kill

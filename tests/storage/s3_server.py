@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from contextlib import contextmanager
@@ -40,10 +41,14 @@ def moto_s3_server(timeout_s: float = 30.0):
     url = f"http://127.0.0.1:{port}"
     exe = os.path.join(os.path.dirname(sys.executable), "moto_server")
     cmd = [exe] if os.path.exists(exe) else [sys.executable, "-m", "moto.server"]
+    # moto logs every request to stderr. It goes to a file, never to a pipe: an unread pipe fills
+    # (64 KiB, a few hundred requests) and then every request handler blocks on its log line — the
+    # server hangs, and so does every test that talks to it.
+    log = tempfile.NamedTemporaryFile(prefix="moto-server-", suffix=".log", delete=False)
     proc = subprocess.Popen(
         [*cmd, "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stdout=log,
+        stderr=subprocess.STDOUT,
         start_new_session=True,  # own process group: we stop exactly what we started
     )
     saved = {k: os.environ.get(k) for k in [*S3_ENV, "GRAIN_S3_ENDPOINT_URL"]}
@@ -51,7 +56,7 @@ def moto_s3_server(timeout_s: float = 30.0):
         deadline = time.monotonic() + timeout_s
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"moto_server exited early: {proc.stderr.read().decode(errors='replace')[-2000:]}")
+                raise RuntimeError(f"moto_server exited early: {_tail(log.name)}")
             try:
                 # moto serves a dashboard API; any HTTP answer means it is up.
                 urllib.request.urlopen(f"{url}/moto-api/", timeout=1).close()
@@ -76,4 +81,10 @@ def moto_s3_server(timeout_s: float = 30.0):
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-        proc.stderr.close()
+        log.close()
+        os.unlink(log.name)
+
+
+def _tail(path: str, chars: int = 2000) -> str:
+    with open(path, "rb") as fh:
+        return fh.read().decode(errors="replace")[-chars:]

@@ -126,6 +126,17 @@ def test_s3_objects_are_really_on_the_server(s3_bucket, s3_server):
     assert fresh.exists(f"{bucket}/x/y.json.done")
 
 
+def test_test_server_keeps_answering_after_many_requests(s3_server):
+    """The test server logs a line per request; 1,500 requests (~150 KiB of log, more than a pipe
+    buffer holds) must all be answered. A server whose log went to an unread pipe hung here, and
+    with it every later S3 test of the session."""
+    import urllib.request
+
+    for i in range(1500):
+        with urllib.request.urlopen(f"{s3_server}/moto-api/data.json", timeout=10) as r:
+            assert r.status == 200, i
+
+
 def test_join_and_protocols(tmp_path):
     assert storage.join("s3://b/p/", "x", "y.parquet") == "s3://b/p/x/y.parquet"
     assert storage.join(str(tmp_path), "x") == os.path.join(str(tmp_path), "x")
