@@ -10,7 +10,8 @@ Everything binds to 127.0.0.1. Ports and the stack's folder come from the enviro
 - ``prefect-server``: ``prefect server start --host 127.0.0.1`` with SQLite under ``$GRAIN_STACK_HOME/prefect``.
 - ``ray-head``: ``ray start --head --block`` on 127.0.0.1 (its own temp dir and ports), dashboard on.
 - ``artifacts``: ``infra.artifact_server`` serving ``$GRAIN_STACK_HOME/artifacts`` (artifact PNGs).
-- ``worker``: ``prefect worker start`` on the process pool; flow runs inherit ``RAY_ADDRESS`` etc.
+- ``worker``: ``prefect worker start`` on the process pool; flow runs inherit ``RAY_ADDRESS`` etc. and
+  send heartbeats; an automation (``infra/zombies.py``) marks a run Crashed when they stop.
 Deployments come from ``prefect.yaml`` (``prefect deploy --all``), each named like its flow.
 """
 
@@ -125,6 +126,9 @@ def register_deployments(cfg: StackConfig) -> None:
     """Create the process work pool (idempotent) and apply every deployment of prefect.yaml."""
     _prefect_cli(cfg, ["work-pool", "create", cfg.work_pool, "--type", "process", "--overwrite"])
     _prefect_cli(cfg, ["deploy", "--all", "--prefect-file", os.path.join(REPO_ROOT, "prefect.yaml")])
+    from infra.zombies import ensure_zombie_automation
+
+    ensure_zombie_automation(cfg.api_url, cfg.zombie_after_s)  # a dead worker's runs end Crashed
 
 
 def up(cfg: StackConfig, redeploy: bool = False, timeout: float = 120) -> dict:

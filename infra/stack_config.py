@@ -13,6 +13,8 @@ its own stack; set ``GRAIN_STACK_HOME`` to put it elsewhere (tests use a temp di
 | ``GRAIN_RAY_TMP``            | ``/tmp/grain-ray-<hash>``| Ray temp dir (short: socket path limit)|
 | ``GRAIN_RAY_NUM_CPUS``       | all cores                | CPUs the Ray head offers               |
 | ``GRAIN_WORK_POOL``          | ``grain-local``          | Prefect process work pool              |
+| ``GRAIN_HEARTBEAT_S``        | 30                       | flow-run heartbeat period (≥ 30)       |
+| ``GRAIN_ZOMBIE_AFTER_S``     | 120                      | no heartbeat for this long → Crashed   |
 
 Everything binds to 127.0.0.1.
 """
@@ -34,7 +36,7 @@ def _int_env(name: str, default: int) -> int:
     try:
         value = int(raw)
     except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a port number") from None
+        raise ValueError(f"{name}={raw!r} is not an integer") from None
     if not 1 <= value <= 65535:
         raise ValueError(f"{name}={value} is outside 1..65535")
     return value
@@ -50,6 +52,8 @@ class StackConfig:
     ray_tmp: str
     ray_num_cpus: int | None
     work_pool: str
+    heartbeat_s: int = 30
+    zombie_after_s: int = 120
 
     @classmethod
     def from_env(cls) -> "StackConfig":
@@ -65,6 +69,8 @@ class StackConfig:
             ray_tmp=os.environ.get("GRAIN_RAY_TMP") or f"/tmp/grain-ray-{tag}",
             ray_num_cpus=int(cpus) if cpus else None,
             work_pool=os.environ.get("GRAIN_WORK_POOL", "grain-local"),
+            heartbeat_s=max(30, _int_env("GRAIN_HEARTBEAT_S", 30)),  # Prefect's minimum period is 30 s
+            zombie_after_s=_int_env("GRAIN_ZOMBIE_AFTER_S", 120),
         )
 
     # Derived locations ---------------------------------------------------------------------
@@ -130,6 +136,14 @@ class StackConfig:
             "PREFECT_WORKER_WEBSERVER_HOST": HOST,  # only used with --with-healthcheck, keep it local
             "PREFECT_RUNNER_SERVER_HOST": HOST,
             "RAY_ADDRESS": self.ray_address,
+            # Flow runs send a heartbeat event every heartbeat_s; the stack's zombie automation
+            # (infra/zombies.py) marks a Running flow run Crashed when they stop (its worker died).
+            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(self.heartbeat_s),
+            # Ray's single-machine mode: the head, its workers and every driver use 127.0.0.1 and
+            # listen on loopback only. Ray otherwise binds gRPC servers on all interfaces and the
+            # machine's external address even with --node-ip-address 127.0.0.1 (docs/reliability.md).
+            # No other machine could join a head advertised on 127.0.0.1 anyway.
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
             # Ray 2.60 head nodes require a token (~/.ray/auth_token); clients given an explicit
             # address only send it when token mode is set.
             "RAY_AUTH_MODE": "token",

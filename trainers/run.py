@@ -49,8 +49,9 @@ def _ray_init(cfg: TrainConfig) -> None:
 
 def _fit_with_ray(cfg: TrainConfig, loop_config: dict, run_name: str, storage_path: str):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
 
+    from trainers.dist_backend import LocalRendezvousTorchConfig
     from trainers.loop import train_loop
 
     _ray_init(cfg)
@@ -61,7 +62,8 @@ def _fit_with_ray(cfg: TrainConfig, loop_config: dict, run_name: str, storage_pa
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=loop_config,
-        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+        # gloo on one node: a file rendezvous, sockets on loopback only (trainers/dist_backend.py)
+        torch_config=LocalRendezvousTorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=run_name,

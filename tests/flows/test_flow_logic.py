@@ -195,3 +195,24 @@ def test_pipeline_summary_links_runs_and_shows_results():
     assert "[annotate-cc12m](http://ui/runs/flow-run/a)" in md and "`pretrain-grain` (b)" in md
     assert "![k1](http://art/k1.png)" in md and "![loss curves](http://art/c.png)" in md
     assert "trained on 8 of 9 annotated rows (88.9 %)" in md and "| emoji |" in md
+
+
+def test_zombie_automation_is_created_once_and_crashes_silent_runs(prefect_api):
+    """`grain stack up` registers it every time: one automation of that name, Prefect's zombie recipe."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    from infra.zombies import AUTOMATION_NAME, ensure_zombie_automation, zombie_automation
+
+    url = PREFECT_API_URL.value()
+    first = ensure_zombie_automation(url, 90)
+    second = ensure_zombie_automation(url, 100)
+    with get_client(sync_client=True) as client:
+        found = client.read_automations_by_name(AUTOMATION_NAME)
+    assert [str(a.id) for a in found] == [second] and second != first
+    a = found[0]
+    assert a.trigger.posture.value == "Proactive" and a.trigger.within.total_seconds() == 100
+    assert a.trigger.after == {"prefect.flow-run.heartbeat"} and "prefect.flow-run.Completed" in a.trigger.expect
+    assert a.actions[0].type == "change-flow-run-state" and a.actions[0].state.value == "CRASHED"
+    with pytest.raises(ValueError, match="heartbeat period"):
+        zombie_automation(30)

@@ -1,17 +1,90 @@
-"""End to end on a stack of its own: `grain stack up` (twice: idempotent), the grain-pipeline deployment
-triggered through the Prefect API, outputs + artifacts + run logs checked, `grain stack down` leaves no
-process behind (psutil: nothing in the services' sessions, nothing naming the stack's folders)."""
+"""End to end on a stack of its own (one per module; the tests run in file order on it):
 
+1. a killed worker: an annotate-cc12m run whose worker (and the worker's flow-run process) is SIGKILLed
+   ends **Crashed** through the stack's zombie automation (missing heartbeats), and triggering the same
+   deployment again resumes it — the shards committed before the kill are kept, every row once;
+2. `grain stack up` (twice: idempotent), the grain-pipeline deployment triggered through the Prefect API,
+   outputs + artifacts + run logs checked, `grain stack down` leaves no process behind (psutil: nothing
+   in the services' sessions, nothing naming the stack's folders).
+
+Both record every listening socket of the stack's processes (Prefect server and worker, flow runs, Ray
+head, dashboard, workers, vLLM engines) before and during their runs: all must be on loopback."""
+
+import glob
 import json
 import os
 import random
+import signal
 import socket
+import threading
+import time
 import urllib.request
+from contextlib import contextmanager
 
 import psutil
 import pytest
 
 pytestmark = pytest.mark.slow
+ZOMBIE_AFTER_S = 75  # 2.5 heartbeat periods: a loaded 2-core machine must not make false zombies
+LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
+
+
+def _stack_processes(cfg, pids) -> dict[int, psutil.Process]:
+    """The stack's services, all their descendants (flow runs, Ray drivers), and Ray's daemons and workers."""
+    out = {}
+    for pid in pids:
+        try:
+            p = psutil.Process(pid)
+            out.update({q.pid: q for q in [p, *p.children(recursive=True)]})
+        except psutil.Error:
+            pass
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if cfg.ray_tmp in " ".join(p.info["cmdline"] or []) or os.getsid(p.pid) in pids:
+                out[p.pid] = p
+        except (psutil.Error, OSError):
+            pass
+    return out
+
+
+def _listening(cfg, pids) -> dict[tuple, str]:
+    procs = _stack_processes(cfg, pids)
+    found = {}
+    for c in psutil.net_connections("inet"):
+        if c.status == psutil.CONN_LISTEN and c.pid in procs:
+            try:
+                name = procs[c.pid].name()
+            except psutil.Error:
+                name = "?"
+            found[(c.laddr.ip, c.laddr.port)] = name
+    return found
+
+
+@contextmanager
+def _socket_watch(cfg, pids, period: float = 1.0):
+    """Sample the stack's listening sockets until the block ends; yields the dict they accumulate in."""
+    seen: dict = {}
+    stop = threading.Event()
+
+    def loop():
+        while not stop.is_set():
+            seen.update(_listening(cfg, pids))
+            stop.wait(period)
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        t.join(timeout=30)
+        seen.update(_listening(cfg, pids))
+
+
+def _assert_loopback(seen: dict, what: str):
+    assert seen, f"{what}: no listening socket seen at all (the sampler is broken)"
+    exposed = {k: v for k, v in seen.items() if k[0] not in LOOPBACK}
+    assert not exposed, f"{what}: listening beyond loopback: {exposed}"
 
 
 def _free_base(span: int) -> int:
@@ -35,7 +108,8 @@ def stack_env(tmp_path_factory):
     base = _free_base(330)
     env = {"GRAIN_STACK_HOME": home, "GRAIN_PREFECT_PORT": str(base + 320), "GRAIN_RAY_PORT": str(base),
            "GRAIN_RAY_DASHBOARD_PORT": str(base + 321), "GRAIN_ARTIFACT_PORT": str(base + 322),
-           "GRAIN_RAY_NUM_CPUS": "2", "GRAIN_RAY_TMP": f"/tmp/gr-e2e-{base}", "GRAIN_WORK_POOL": f"grain-e2e-{base}"}
+           "GRAIN_RAY_NUM_CPUS": "2", "GRAIN_RAY_TMP": f"/tmp/gr-e2e-{base}", "GRAIN_WORK_POOL": f"grain-e2e-{base}",
+           "GRAIN_HEARTBEAT_S": "30", "GRAIN_ZOMBIE_AFTER_S": str(ZOMBIE_AFTER_S)}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     from infra import stack
@@ -77,6 +151,87 @@ def _logs(api_url: str, flow_run_id: str) -> str:
         offset += 200
 
 
+def _flow_run(api_url: str, run_id: str) -> dict:
+    with urllib.request.urlopen(f"{api_url}/flow_runs/{run_id}", timeout=30) as r:
+        return json.load(r)
+
+
+def _wait_state(api_url: str, run_id: str, pred, timeout: float, what: str) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        run = _flow_run(api_url, run_id)
+        if pred(run):
+            return run
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: flow run {run_id} after {timeout:.0f} s: {run.get('state')}")
+        time.sleep(2)
+
+
+def test_killed_worker_run_ends_crashed_and_a_rerun_resumes(stack_env, tmp_path, tiny_models):
+    from infra import demo_corpus, stack
+    from infra.demo import trigger
+    from infra.zombies import ZOMBIE_MESSAGE
+
+    cfg = stack_env
+    st = stack.up(cfg, timeout=300)
+    assert st["up"], st
+    pids = [s["pid"] for s in st["services"].values()]
+    before = _listening(cfg, pids)
+    _assert_loopback(before, "stack at rest")
+
+    corpus = str(tmp_path / "corpus")
+    info = demo_corpus.build_corpus(corpus, limit=40, shard_size=4, show_progress=False)  # ~10 shards
+    n_shards = info["shards"]
+    out = str(tmp_path / "annotated")
+    params = {"input": corpus, "output": out, "overrides": {"run": {"batch_size": 2, "decode_batch_size": 2}}}
+    with _socket_watch(cfg, pids) as during:
+        run = trigger("annotate-cc12m/annotate-cc12m", params, cfg.api_url, timeout=0)  # do not wait
+        deadline = time.monotonic() + 400
+        while not glob.glob(os.path.join(out, "*.parquet.done")):
+            state = _flow_run(cfg.api_url, run["id"])["state"]
+            assert state["type"] in ("SCHEDULED", "PENDING", "RUNNING"), state
+            assert time.monotonic() < deadline, f"no shard committed in 400 s: {state}"
+            time.sleep(0.5)
+    _assert_loopback(during, "annotate run (Prefect worker + flow run + Ray + vLLM)")
+    assert len(during) > len(before)  # the run's own servers (Ray driver, workers, engine) were seen
+
+    # The worker's machine dies: SIGKILL the worker and everything it started (the flow-run process,
+    # its Ray driver). No process is left to report a final state.
+    worker = psutil.Process(st["services"]["worker"]["pid"])
+    doomed = [worker, *worker.children(recursive=True)]
+    for p in doomed:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.Error:
+            pass
+    psutil.wait_procs(doomed, timeout=30)
+    committed = {os.path.basename(p)[: -len(".done")]: os.path.getmtime(p[: -len(".done")])
+                 for p in glob.glob(os.path.join(out, "*.parquet.done"))}
+    assert 0 < len(committed) < n_shards, committed
+    assert _flow_run(cfg.api_url, run["id"])["state"]["type"] == "RUNNING"  # what Prefect believes now
+
+    crashed = _wait_state(cfg.api_url, run["id"], lambda r: r["state"]["type"] != "RUNNING", ZOMBIE_AFTER_S + 150,
+                          "zombie detection")
+    assert crashed["state"]["type"] == "CRASHED", crashed["state"]
+    assert crashed["state"]["message"] == ZOMBIE_MESSAGE.format(s=ZOMBIE_AFTER_S)
+
+    # Bring the worker back and trigger the same deployment again: it resumes.
+    again = stack.up(cfg, timeout=300)
+    assert again["started"] == ["worker"], again["started"]
+    rerun = trigger("annotate-cc12m/annotate-cc12m", params, cfg.api_url, timeout=600)
+    assert rerun["state"] == "COMPLETED", rerun
+    from grain.schema import read_table
+
+    shards = sorted(glob.glob(os.path.join(out, "*.parquet")))
+    assert len(shards) == n_shards and all(os.path.exists(p + ".done") for p in shards)
+    keys = [k for p in shards for k in read_table(p).column("key").to_pylist()]
+    assert len(keys) == len(set(keys)) == info["samples"], len(keys)  # every row once (an unrenderable image is not in the corpus)
+    for name, mtime in committed.items():  # shards committed before the kill were not redone
+        assert os.path.getmtime(os.path.join(out, name)) == mtime, name
+    log = _logs(cfg.api_url, rerun["id"])
+    assert f"{n_shards - len(committed)} shards written, {len(committed)} already done" in log, log[-3000:]
+
+
 def test_stack_runs_the_pipeline_deployment_and_stops_cleanly(stack_env, tmp_path, tiny_models):
     """One grain-pipeline deployment run (annotate → pretrain → evaluate as subflows) on 16 images:
     artifacts of every stage, the stages' own output lines in the subflow run logs (API), clean stop."""
@@ -95,9 +250,11 @@ def test_stack_runs_the_pipeline_deployment_and_stops_cleanly(stack_env, tmp_pat
     workdir = str(tmp_path / "run")
     overrides = {"train": {"batch_size": 4, "epochs": 1},  # 16 rows, 2 workers: 2 steps
                  "eval": {"limit": 20, "templates": ["a photo of a {}."], "alphas": [1.0, 0.0]}}
-    run = trigger("grain-pipeline/grain-pipeline", {"input": corpus, "workdir": workdir, "overrides": overrides},
-                  cfg.api_url, timeout=900)
+    with _socket_watch(cfg, pids) as during:
+        run = trigger("grain-pipeline/grain-pipeline", {"input": corpus, "workdir": workdir, "overrides": overrides},
+                      cfg.api_url, timeout=900)
     assert run["state"] == "COMPLETED", run
+    _assert_loopback(during, "grain-pipeline run")
     annot = os.path.join(workdir, "annotated")
     assert sorted(f for f in os.listdir(annot) if f.endswith(".parquet")) == ["00000.parquet", "00001.parquet"]
     assert os.path.getsize(os.path.join(workdir, "train", "final.pt")) > 0

@@ -1,0 +1,80 @@
+"""Zombie flow runs: a run whose worker died must not stay "Running" forever.
+
+Flow runs of the stack send a ``prefect.flow-run.heartbeat`` event every ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``
+seconds (``GRAIN_HEARTBEAT_S``, 30 by default; the stack's worker sets it for every run). The automation
+created here (Prefect's documented recipe, docs.prefect.io/v3/advanced/detect-zombie-flows) expects, after
+each heartbeat, another heartbeat or a terminal state of the same run within ``zombie_after_s`` seconds;
+when neither comes — the worker's machine, container or process group is gone — the server sets the run
+to **Crashed** with ``ZOMBIE_MESSAGE``. Re-running the deployment then resumes (committed shards and
+checkpoints are kept; see docs/reliability.md).
+
+The automation lives in the Prefect server's database; ``ensure_zombie_automation`` replaces the one of the
+same name, so ``grain stack up`` can call it every time. On a cluster, run
+``python -m infra.zombies --api-url …`` once against the cluster's Prefect server.
+"""
+
+from __future__ import annotations
+
+import argparse
+from datetime import timedelta
+
+AUTOMATION_NAME = "grain: crash zombie flow runs"
+ZOMBIE_MESSAGE = "No heartbeat from this flow run for {s} s: its worker or machine died (marked Crashed by the stack's automation)."
+
+
+def zombie_automation(within_s: int):
+    """The automation (not yet created): Proactive trigger on missing heartbeats → ChangeFlowRunState(CRASHED)."""
+    from prefect.automations import Automation
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+
+    if within_s < 31:
+        raise ValueError(f"zombie_after_s={within_s}: must exceed the heartbeat period (Prefect's minimum: 30 s)")
+    return Automation(
+        name=AUTOMATION_NAME,
+        description="Marks a Running flow run Crashed when its heartbeats stop (worker or machine died).",
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={
+                "prefect.flow-run.heartbeat",
+                "prefect.flow-run.Completed",
+                "prefect.flow-run.Failed",
+                "prefect.flow-run.Cancelled",
+                "prefect.flow-run.Crashed",
+            },
+            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=within_s),
+        ),
+        actions=[ChangeFlowRunState(state=StateType.CRASHED, message=ZOMBIE_MESSAGE.format(s=within_s))],
+    )
+
+
+def ensure_zombie_automation(api_url: str, within_s: int) -> str:
+    """Create (or replace) the zombie automation on the server at ``api_url``; return its id."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    automation = zombie_automation(within_s)
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        with get_client(sync_client=True) as client:
+            for old in client.read_automations_by_name(AUTOMATION_NAME):
+                client.delete_automation(old.id)
+            return str(automation.create().id)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m infra.zombies", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--api-url", required=True, help="the Prefect API, e.g. http://127.0.0.1:4200/api")
+    ap.add_argument("--within", type=int, default=120, help="seconds without a heartbeat before Crashed (default 120)")
+    args = ap.parse_args(argv)
+    print(ensure_zombie_automation(args.api_url, args.within))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
