@@ -17,27 +17,12 @@ import subprocess
 import sys
 import time
 
-import psutil
 import pytest
 
+from annotators.stages import engine_processes
 from grain.schema import read_table
 
 pytestmark = pytest.mark.slow
-
-
-def _engines(root_pid: int) -> list[psutil.Process]:
-    try:
-        tree = psutil.Process(root_pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
-    found = []
-    for p in tree:
-        try:
-            if "EngineCore" in p.name() or "EngineCore" in " ".join(p.cmdline()):
-                found.append(p)
-        except psutil.Error:
-            pass
-    return found
 
 
 def test_killed_vllm_engine_is_restarted_and_its_batch_retried(tiny_models, tmp_path):
@@ -55,10 +40,10 @@ def test_killed_vllm_engine_is_restarted_and_its_batch_retried(tiny_models, tmp_
     try:
         deadline = time.time() + 500
         while proc.poll() is None and time.time() < deadline:
-            for e in _engines(proc.pid):
+            for e in engine_processes(proc.pid):
                 engines_seen.setdefault(e.pid, time.time())
             if killed is None and glob.glob(os.path.join(out, "*.parquet.done")):
-                live = _engines(proc.pid)
+                live = engine_processes(proc.pid)
                 if live:
                     killed = live[0].pid
                     done_at_kill = len(glob.glob(os.path.join(out, "*.parquet.done")))
