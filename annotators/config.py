@@ -86,7 +86,8 @@ class RunConfig:
     progress: bool = True  # tqdm bar (rows done / total)
     # Fault injection for reliability tests only: {"fail_keys": [key, ...]} makes those rows' MLLM call
     # fail (→ model_error); {"crash_key": key, "crash_marker": path, "crash_stage": "describe"|"ground"}
-    # kills that stage's model actor once.
+    # kills that stage's model actor once; {"describe_delay_s": s} makes every MLLM batch take at least s
+    # seconds (a slow model: tests that must act while a run is still busy).
     inject: dict = field(default_factory=dict)
 
 

@@ -311,6 +311,8 @@ class DescribeStage(_ModelStage):
         t_start = time.time()
         rows = batch.to_pylist()
         self._maybe_crash(rows)
+        if self.inject.get("describe_delay_s"):  # test aid: a floor on each batch's time (slow-model runs)
+            time.sleep(float(self.inject["describe_delay_s"]))
         todo = [r for r in rows if r["status"] == "ok"]
         for r in [r for r in todo if self._failing(r)]:
             r.update(status="model_error", error="MLLM call failed: injected fault (run.inject.fail_keys)")

@@ -55,6 +55,10 @@ class ModelConfig:
     decoder_heads: int = 8
     decoder_ffn_dim: int = 2048
     decoder_dropout: float = 0.1
+    # Positional encoding of the decoder's memory: "none" (METHOD.md §2 and the release: position reaches
+    # the decoder only through the ViT's own position embeddings) or "sine" (DETR's fixed 2-D sine
+    # encoding added to the cross-attention keys; an experiment, see docs/bench-grounding.md).
+    decoder_memory_pos: str = "none"
     max_target_boxes: int = 5  # top-k boxes by detector score kept per image for L_box / L_rd
 
     # Contrastive temperature: logit_scale = exp(p), p initialised at ln(1/0.07), clamped ≤ ln(100).
@@ -64,6 +68,8 @@ class ModelConfig:
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"ModelConfig.kind must be one of {KINDS}, got {self.kind!r}")
+        if self.decoder_memory_pos not in ("none", "sine"):
+            raise ValueError(f"ModelConfig.decoder_memory_pos must be 'none' or 'sine', got {self.decoder_memory_pos!r}")
         if self.image_size % self.patch_size:
             raise ValueError(f"ModelConfig.image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         for w, h, what in (

@@ -7,6 +7,9 @@ norm), W vision width, d decoder width, Q region queries (+1 image query, last),
     targets start at zero, query embeddings nn.Embedding(Q+1, d)   [Q+1, d]
     6 × pre-norm layer: self-attn (query embed added to q, k) → cross-attn (added to q) → FFN (ReLU)
     a final LayerNorm (shared) on each layer's output
+    memory_pos="sine" (an option, off by default: not in METHOD.md §2 nor the release): DETR's fixed 2-D
+    sine encoding of each patch's grid position (zero for CLS) added to the cross-attention keys at
+    every layer, values unchanged — as in DETR's decoder. No parameters: checkpoints are unchanged.
     boxes  = sigmoid(MLP d→d→d→4)(region outputs)                 [B, Q, 4] normalised cxcywh
     region = region outputs @ W_r                                  [B, Q, D]
     image  = image-query output @ W_i                              [B, D]   (the global image embedding)
@@ -14,9 +17,31 @@ norm), W vision width, d decoder width, Q region queries (+1 image query, last),
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+MEMORY_POS = ("none", "sine")
+
+
+def sine_pos_2d(grid: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:
+    """DETR's ``PositionEmbeddingSine(normalize=True)`` for a ``grid × grid`` patch grid, flattened row-major
+    like the ViT's patch tokens, with a zero row first for CLS → [1 + grid², dim] (``dim`` even:
+    half encodes y, half x)."""
+    if dim % 4:
+        raise ValueError(f"sine positional encoding needs a decoder width divisible by 4, got {dim}")
+    npf = dim // 2
+    pos = (torch.arange(grid, dtype=torch.float32) + 1) / (grid + 1e-6) * 2 * math.pi  # cumsum/normalise of DETR
+    dim_t = temperature ** (2 * (torch.arange(npf) // 2) / npf)
+    px, py = pos[:, None] / dim_t, pos[:, None] / dim_t  # [grid, npf]
+    px = torch.stack((px[:, 0::2].sin(), px[:, 1::2].cos()), dim=2).flatten(1)
+    py = torch.stack((py[:, 0::2].sin(), py[:, 1::2].cos()), dim=2).flatten(1)
+    yy = py[:, None, :].expand(grid, grid, npf)  # row index → y
+    xx = px[None, :, :].expand(grid, grid, npf)  # column index → x
+    pe = torch.cat((yy, xx), dim=2).reshape(grid * grid, dim)
+    return torch.cat((torch.zeros(1, dim), pe), dim=0)
 
 
 class DecoderLayer(nn.Module):
@@ -36,13 +61,15 @@ class DecoderLayer(nn.Module):
         self.dropout2 = nn.Dropout(dropout)
         self.dropout3 = nn.Dropout(dropout)
 
-    def forward(self, tgt: torch.Tensor, memory: torch.Tensor, query_pos: torch.Tensor) -> torch.Tensor:
-        """tgt [B, Q+1, d], memory [B, T, d], query_pos [B, Q+1, d] → [B, Q+1, d]."""
+    def forward(self, tgt: torch.Tensor, memory: torch.Tensor, query_pos: torch.Tensor,
+                memory_pos: torch.Tensor | None = None) -> torch.Tensor:
+        """tgt [B, Q+1, d], memory [B, T, d], query_pos [B, Q+1, d], memory_pos [T, d] | None → [B, Q+1, d]."""
         x = self.norm1(tgt)
         qk = x + query_pos
         tgt = tgt + self.dropout1(self.self_attn(qk, qk, x, need_weights=False)[0])
         x = self.norm2(tgt)
-        tgt = tgt + self.dropout2(self.cross_attn(x + query_pos, memory, memory, need_weights=False)[0])
+        key = memory if memory_pos is None else memory + memory_pos.to(memory.dtype)
+        tgt = tgt + self.dropout2(self.cross_attn(x + query_pos, key, memory, need_weights=False)[0])
         x = self.norm3(tgt)
         tgt = tgt + self.dropout3(self.linear2(self.dropout(F.relu(self.linear1(x)))))
         return tgt
@@ -76,9 +103,19 @@ class RegionDecoder(nn.Module):
         heads: int = 8,
         ffn_dim: int = 2048,
         dropout: float = 0.1,
+        memory_pos: str = "none",
+        grid: int | None = None,
     ):
         super().__init__()
+        if memory_pos not in MEMORY_POS:
+            raise ValueError(f"memory_pos must be one of {MEMORY_POS}, got {memory_pos!r}")
+        if memory_pos != "none" and not grid:
+            raise ValueError("memory_pos='sine' needs the patch grid size (grid=image_size // patch_size)")
         self.num_queries = num_queries
+        self.memory_pos = memory_pos
+        # Not a parameter, not saved: recomputed from (grid, dim), so checkpoints are the same either way.
+        self.register_buffer("memory_pos_table", sine_pos_2d(grid, dim) if memory_pos == "sine" else None,
+                             persistent=False)
         self.memory_proj = nn.Linear(vision_width, dim, bias=False)
         self.memory_norm = nn.LayerNorm(dim)
         self.query_embed = nn.Embedding(num_queries + 1, dim)  # Q region queries, then the image query
@@ -99,12 +136,15 @@ class RegionDecoder(nn.Module):
         if tokens.dim() != 3:
             raise ValueError(f"RegionDecoder expects tokens [B, T, W], got shape {tuple(tokens.shape)}")
         memory = self.memory_norm(self.memory_proj(tokens))
+        pos = self.memory_pos_table
+        if pos is not None and pos.shape[0] != memory.shape[1]:
+            raise ValueError(f"memory_pos table has {pos.shape[0]} positions, the image gave {memory.shape[1]} tokens")
         b = tokens.shape[0]
         query_pos = self.query_embed.weight.unsqueeze(0).expand(b, -1, -1)
         tgt = torch.zeros_like(query_pos)
         outs = []
         for i, layer in enumerate(self.layers):
-            tgt = layer(tgt, memory, query_pos)
+            tgt = layer(tgt, memory, query_pos, pos)
             if return_intermediate or i == len(self.layers) - 1:
                 outs.append(self.norm(tgt))
         heads = [self._heads(h) for h in outs]

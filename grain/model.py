@@ -64,6 +64,8 @@ class GrainModel(nn.Module):
                 heads=cfg.decoder_heads,
                 ffn_dim=cfg.decoder_ffn_dim,
                 dropout=cfg.decoder_dropout,
+                memory_pos=cfg.decoder_memory_pos,
+                grid=cfg.image_size // cfg.patch_size,
             )
         else:
             self.decoder = None

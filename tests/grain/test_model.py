@@ -142,3 +142,43 @@ def test_repeated_descriptions_encoded_once_same_result(tiny_cfg, tiny_batch):
         deduped = m(tiny_batch)["desc_embed"]
         full = m.encode_text(tiny_batch["target_desc_tokens"])
     assert torch.allclose(deduped, full, atol=1e-5)
+
+
+def test_sine_memory_pos_matches_detr_and_changes_only_keys():
+    """decoder_memory_pos="sine": DETR's PositionEmbeddingSine(normalize=True) values (written out here
+    from DETR's formula for one position), zero for CLS, no new parameters or state-dict keys, and the
+    decoder output now depends on where a token sits (with "none" a permutation of patches changes nothing)."""
+    from grain.decoder import RegionDecoder, sine_pos_2d
+
+    pe = sine_pos_2d(4, 8)
+    assert pe.shape == (17, 8) and torch.all(pe[0] == 0)
+    # token 1 + 2*4 + 3 is row y=2, column x=3; DETR: embed = (index+1)/(n+eps)*2π, dim_t = 10000**(2*(i//2)/4)
+    y, x = 3 / 4 * 2 * math.pi, 4 / 4 * 2 * math.pi
+    want = [math.sin(y), math.cos(y), math.sin(y / 100), math.cos(y / 100),
+            math.sin(x), math.cos(x), math.sin(x / 100), math.cos(x / 100)]
+    assert torch.allclose(pe[1 + 2 * 4 + 3], torch.tensor(want), atol=1e-5)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sine_pos_2d(4, 6)
+
+    torch.manual_seed(0)
+    plain = RegionDecoder(vision_width=16, embed_dim=8, num_queries=2, dim=16, layers=2, heads=2, ffn_dim=32,
+                          dropout=0.0)
+    sine = RegionDecoder(vision_width=16, embed_dim=8, num_queries=2, dim=16, layers=2, heads=2, ffn_dim=32,
+                         dropout=0.0, memory_pos="sine", grid=3)
+    assert plain.state_dict().keys() == sine.state_dict().keys()
+    sine.load_state_dict(plain.state_dict())
+    tokens = torch.randn(2, 10, 16)
+    perm = torch.cat([torch.tensor([0]), 1 + torch.randperm(9, generator=torch.Generator().manual_seed(1))])
+    with torch.no_grad():
+        a, b = plain(tokens), plain(tokens[:, perm])
+        c, d = sine(tokens), sine(tokens[:, perm])
+    assert torch.allclose(a["pred_boxes"], b["pred_boxes"], atol=1e-5)  # "none": blind to patch order
+    assert not torch.allclose(c["pred_boxes"], d["pred_boxes"], atol=1e-3)  # "sine": position matters
+    assert not torch.allclose(a["pred_boxes"], c["pred_boxes"], atol=1e-3)
+    with pytest.raises(ValueError, match="positions"):
+        sine(torch.randn(1, 5, 16))
+    with pytest.raises(ValueError, match="decoder_memory_pos"):
+        ModelConfig.preset("tiny", decoder_memory_pos="learned")
+    m = build_model(ModelConfig.preset("tiny", decoder_memory_pos="sine"))
+    grid = m.cfg.image_size // m.cfg.patch_size
+    assert m.decoder.memory_pos_table.shape == (1 + grid * grid, m.cfg.decoder_dim)

@@ -180,31 +180,38 @@ def test_killed_worker_run_ends_crashed_and_a_rerun_resumes(stack_env, tmp_path,
     _assert_loopback(before, "stack at rest")
 
     corpus = str(tmp_path / "corpus")
-    info = demo_corpus.build_corpus(corpus, limit=40, shard_size=4, show_progress=False)  # ~10 shards
+    info = demo_corpus.build_corpus(corpus, limit=40, shard_size=2, show_progress=False)  # ~20 shards
     n_shards = info["shards"]
     out = str(tmp_path / "annotated")
-    params = {"input": corpus, "output": out, "overrides": {"run": {"batch_size": 2, "decode_batch_size": 2}}}
+    # One describer actor, 2 rows per batch and ≥ 0.5 s per batch: the shards after the first need ≥ 9 s
+    # more, so the kill below lands mid-run even on a fast machine (CI once committed 9 shards in 4 s).
+    params = {"input": corpus, "output": out,
+              "overrides": {"run": {"batch_size": 2, "decode_batch_size": 2, "describer_actors": 1,
+                                    "inject": {"describe_delay_s": 0.5}}}}
+    worker = psutil.Process(st["services"]["worker"]["pid"])
     with _socket_watch(cfg, pids) as during:
         run = trigger("annotate-cc12m/annotate-cc12m", params, cfg.api_url, timeout=0)  # do not wait
         deadline = time.monotonic() + 400
+        polls = 0
         while not glob.glob(os.path.join(out, "*.parquet.done")):
-            state = _flow_run(cfg.api_url, run["id"])["state"]
-            assert state["type"] in ("SCHEDULED", "PENDING", "RUNNING"), state
-            assert time.monotonic() < deadline, f"no shard committed in 400 s: {state}"
-            time.sleep(0.5)
+            if polls % 10 == 0:
+                state = _flow_run(cfg.api_url, run["id"])["state"]
+                assert state["type"] in ("SCHEDULED", "PENDING", "RUNNING"), state
+                assert time.monotonic() < deadline, f"no shard committed in 400 s: {state}"
+            polls += 1
+            time.sleep(0.1)
+        # The worker's machine dies: SIGKILL the worker and everything it started (the flow-run process,
+        # its Ray driver) at once. No process is left to report a final state.
+        doomed = [worker, *worker.children(recursive=True)]
+        for p in doomed:
+            try:
+                p.send_signal(signal.SIGKILL)
+            except psutil.Error:
+                pass
+        psutil.wait_procs(doomed, timeout=30)
     _assert_loopback(during, "annotate run (Prefect worker + flow run + Ray + vLLM)")
     assert len(during) > len(before)  # the run's own servers (Ray driver, workers, engine) were seen
 
-    # The worker's machine dies: SIGKILL the worker and everything it started (the flow-run process,
-    # its Ray driver). No process is left to report a final state.
-    worker = psutil.Process(st["services"]["worker"]["pid"])
-    doomed = [worker, *worker.children(recursive=True)]
-    for p in doomed:
-        try:
-            p.send_signal(signal.SIGKILL)
-        except psutil.Error:
-            pass
-    psutil.wait_procs(doomed, timeout=30)
     committed = {os.path.basename(p)[: -len(".done")]: os.path.getmtime(p[: -len(".done")])
                  for p in glob.glob(os.path.join(out, "*.parquet.done"))}
     assert 0 < len(committed) < n_shards, committed
