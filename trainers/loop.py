@@ -138,7 +138,7 @@ def train_loop(loop_config: dict, session=None) -> None:
                     model.train()
                     batch = _to_device(batch, device)
                     with _autocast(device, cfg.precision):
-                        outputs = model(batch)
+                        outputs = model(batch, return_intermediate=lcfg.aux_loss)  # aux: every decoder layer
                         losses = loss_fn(outputs, batch)
                     loss = losses["loss"]
                     if not torch.isfinite(loss):

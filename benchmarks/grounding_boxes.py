@@ -1,0 +1,117 @@
+"""Does the region branch localise? Box diagnostics for `grain bench grounding` checkpoints.
+
+For each GRAIN checkpoint under ``--bench`` (``runs/grain-seed*/train/final.pt``) and a fixed sample of
+corpus rows (exact boxes), this prints the matched box losses (L1 on cxcywh summed over the 4
+coordinates, and 1 − GIoU, each per target, matched as in training: 5·L1 + 2·(−GIoU)) for:
+
+- ``model``: the checkpoint's predicted boxes (eval mode);
+- ``model-mean``: each query's box averaged over the sampled images, i.e. the same model with the
+  image taken away;
+- ``best-constant``: the best image-independent set of Q boxes for these rows, fitted directly by
+  gradient descent on the matched loss (an upper bound on what a decoder that ignores the image can do);
+- and the spread of the model's boxes across images (std of cx, cy, w, h per query, averaged).
+
+If ``model`` is no better than ``best-constant``, the decoder has learned a fixed layout of boxes,
+not where the objects are. Ratios are printed against ``best-constant`` (same rows, same process).
+
+    python benchmarks/grounding_boxes.py --bench $GRAIN_CACHE/bench-grounding [--rows 512] [--shard -1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from grain import box_ops  # noqa: E402
+from grain.checkpoint import load_checkpoint  # noqa: E402
+from grain.data import make_batch, sample_from_row  # noqa: E402
+from grain.matcher import HungarianMatcher  # noqa: E402
+from grain.schema import read_table  # noqa: E402
+
+
+def matched_losses(pred: torch.Tensor, tb: torch.Tensor, timg: torch.Tensor, matcher: HungarianMatcher) -> dict:
+    """pred [B, Q, 4] cxcywh; targets [M, 4] → per-target L1 (4 coordinates summed) and 1 − GIoU."""
+    bi, qi, ti = matcher(pred.detach(), tb, timg)
+    src, tgt = pred[bi, qi], tb[ti]
+    giou = box_ops.elementwise_generalized_box_iou(box_ops.box_cxcywh_to_xyxy(src), box_ops.box_cxcywh_to_xyxy(tgt))
+    n = max(1, tb.shape[0])
+    return {"l1": (src - tgt).abs().sum() / n, "1-giou": (1 - giou).sum() / n}
+
+
+def best_constant(tb: torch.Tensor, timg: torch.Tensor, b: int, q: int, init: torch.Tensor, steps: int = 400) -> torch.Tensor:
+    """Q image-independent boxes minimising the matched loss (L1 + (1 − GIoU), as in training) on these rows."""
+    matcher = HungarianMatcher()
+    logit = torch.logit(init.clamp(1e-3, 1 - 1e-3)).clone().requires_grad_(True)
+    opt = torch.optim.Adam([logit], lr=0.05)
+    for _ in range(steps):
+        pred = logit.sigmoid().unsqueeze(0).expand(b, q, 4)
+        m = matched_losses(pred, tb, timg, matcher)
+        loss = m["l1"] + m["1-giou"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return logit.detach().sigmoid()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bench", required=True, help="a `grain bench grounding` output folder")
+    ap.add_argument("--rows", type=int, default=512, help="corpus rows to use (default 512)")
+    ap.add_argument("--shard", type=int, default=-1, help="which corpus shard (index in sorted order; default the last)")
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args(argv)
+    torch.manual_seed(0)
+    shards = sorted(glob.glob(os.path.join(args.bench, "corpus", "*.parquet")))
+    ckpts = sorted(glob.glob(os.path.join(args.bench, "runs", "grain-seed*", "train", "final.pt")))
+    if not shards or not ckpts:
+        ap.error(f"{args.bench}: needs corpus/*.parquet and runs/grain-seed*/train/final.pt")
+    rows = read_table(shards[args.shard]).to_pylist()[: args.rows]
+    matcher = HungarianMatcher()
+    results = {}
+    constant = None
+    for path in ckpts:
+        model, cfg, _ = load_checkpoint(path)
+        model.eval()
+        batch = make_batch([sample_from_row(r, cfg) for r in rows], cfg)
+        tb, timg = batch["target_boxes"], batch["target_image"]
+        with torch.no_grad():
+            pred = torch.cat([model.encode_image(batch["images"][i: i + 64])["pred_boxes"] for i in range(0, len(rows), 64)])
+        b, q = pred.shape[:2]
+        if constant is None:  # same rows for every checkpoint: fit once, from the first model's mean layout
+            constant = best_constant(tb, timg, b, q, pred.mean(0))
+            base = {k: float(v) for k, v in matched_losses(constant.unsqueeze(0).expand(b, q, 4), tb, timg, matcher).items()}
+            results["best-constant"] = base
+        run = os.path.basename(os.path.dirname(os.path.dirname(path)))
+        r = {
+            "model": {k: float(v) for k, v in matched_losses(pred, tb, timg, matcher).items()},
+            "model-mean": {k: float(v) for k, v in matched_losses(pred.mean(0, keepdim=True).expand(b, q, 4), tb, timg, matcher).items()},
+            "box_std_across_images": float(pred.std(0).mean()),
+            "target_std_across_images": float(tb.std(0).mean()),
+        }
+        results[run] = r
+    base = results["best-constant"]
+    print(f"{len(rows)} rows of {os.path.basename(shards[args.shard])}, {int(tb.shape[0])} target boxes; "
+          f"best image-independent boxes: L1 {base['l1']:.3f}, 1-GIoU {base['1-giou']:.3f}")
+    print(f"{'run':<16} {'what':<11} {'L1':>6} {'1-GIoU':>7} {'1-GIoU / best-constant':>23}")
+    for run, r in results.items():
+        if run == "best-constant":
+            continue
+        for what in ("model", "model-mean"):
+            m = r[what]
+            print(f"{run:<16} {what:<11} {m['l1']:6.3f} {m['1-giou']:7.3f} {m['1-giou'] / base['1-giou']:23.2f}")
+        print(f"{run:<16} box std across images {r['box_std_across_images']:.3f} (targets: {r['target_std_across_images']:.3f})")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
