@@ -116,3 +116,17 @@ def test_smoke_benchmark_end_to_end_and_resume(tmp_path, capsys):
     capsys.readouterr()
     assert bg.main(["grounding", "--smoke", "--output", str(out), "--quiet"]) == 0  # resumable: nothing retrained
     assert capsys.readouterr().out.count("done before, skipped") == 2
+    # The diagnostics of docs/bench-grounding.md run on any bench output (here the smoke one).
+    from benchmarks import decoder_probe, grounding_boxes
+
+    diag = tmp_path / "boxes.json"
+    assert grounding_boxes.main(["--bench", str(out), "--rows", "32", "--json", str(diag)]) == 0
+    res = json.loads(diag.read_text())
+    base = res["best-constant"]["1-giou"]
+    assert 0 <= base <= 2
+    r = res["grain-seed0"]
+    assert set(r["patch_probe_balanced_accuracy"]) == {"trained", "random-init", "position-only"}
+    assert all(0 <= v <= 1 for v in r["patch_probe_balanced_accuracy"].values())
+    assert r["model"]["1-giou"] >= base - 0.1  # 6 steps of training: no better than the best fixed layout
+    assert decoder_probe.main(["--bench", str(out), "--steps", "4", "--train-rows", "32"]) == 0
+    assert "best image-independent boxes" in capsys.readouterr().out
