@@ -47,11 +47,28 @@ def encode(tower, cfg, rows) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return torch.cat(toks), torch.cat(boxes), torch.cat(owners)
 
 
+def oracle_tokens(tb: torch.Tensor, timg: torch.Tensor, n: int, cfg) -> torch.Tensor:
+    """Memory that spells out the answer: per patch, half the channels say "inside an object box" and
+    the other half are a one-hot of the patch's position (CLS all zero) → [n, 1 + grid², vision_width]."""
+    from benchmarks.grounding_boxes import patch_labels
+
+    grid = cfg.image_size // cfg.patch_size
+    w = cfg.vision_width
+    if w < 2 * grid * grid:
+        raise SystemExit(f"--tower oracle needs vision_width ≥ {2 * grid * grid}")
+    inside = patch_labels({"target_boxes": tb, "target_image": timg}, n, grid).float()  # [n, P]
+    tok = torch.zeros(n, 1 + grid * grid, w)
+    tok[:, 1:, : grid * grid] = inside.unsqueeze(-1).expand(-1, -1, grid * grid)
+    tok[:, 1:, grid * grid: 2 * grid * grid] = torch.eye(grid * grid)
+    return tok
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bench", required=True, help="a `grain bench grounding` output folder (its corpus/)")
     ap.add_argument("--tower", default="random-init",
-                    help="random-init (tiny preset) or a checkpoint path (its image tower and decoder config)")
+                    help="random-init (tiny preset), oracle (tokens that say which patches are inside a box, and "
+                         "where they are: a check of the decoder and matcher themselves) or a checkpoint path")
     ap.add_argument("--memory-pos", choices=["none", "sine"], default=None, help="override decoder_memory_pos")
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--batch-size", type=int, default=32)
@@ -64,7 +81,7 @@ def main(argv=None) -> int:
     shards = sorted(glob.glob(os.path.join(args.bench, "corpus", "*.parquet")))
     if len(shards) < 2:
         ap.error(f"{args.bench}: needs at least 2 corpus shards")
-    if args.tower == "random-init":
+    if args.tower in ("random-init", "oracle"):
         cfg = ModelConfig.preset("tiny")
         tower = build_model(cfg).eval()
     else:
@@ -77,6 +94,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     tok, tb, timg = encode(tower, cfg, train_rows)
     vtok, vtb, vtimg = encode(tower, cfg, val_rows)
+    if args.tower == "oracle":
+        tok, vtok = oracle_tokens(tb, timg, len(tok), cfg), oracle_tokens(vtb, vtimg, len(vtok), cfg)
     print(f"tokens: {tuple(tok.shape)} train, {tuple(vtok.shape)} val ({time.perf_counter() - t0:.0f} s); "
           f"tower {args.tower}, memory_pos {cfg.decoder_memory_pos}")
     dec = RegionDecoder(cfg.vision_width, cfg.embed_dim, cfg.num_region_queries, cfg.decoder_dim, cfg.decoder_layers,
