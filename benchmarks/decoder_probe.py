@@ -35,13 +35,17 @@ from grain.model import build_model  # noqa: E402
 from grain.schema import read_table  # noqa: E402
 
 
-def encode(tower, cfg, rows) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """rows → (tokens [N, T, W], target boxes [M, 4] cxcywh, target image [M])."""
+def encode(tower, cfg, rows, keep_images: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """rows → (tokens [N, T, W] — or the preprocessed images [N, 3, S, S] with ``keep_images`` —,
+    target boxes [M, 4] cxcywh, target image [M])."""
     toks, boxes, owners = [], [], []
     for i in range(0, len(rows), 64):
         batch = make_batch([sample_from_row(r, cfg) for r in rows[i: i + 64]], cfg)
-        with torch.no_grad():
-            toks.append(tower.image_tokens(batch["images"]))
+        if keep_images:
+            toks.append(batch["images"])
+        else:
+            with torch.no_grad():
+                toks.append(tower.image_tokens(batch["images"]))
         boxes.append(batch["target_boxes"])
         owners.append(batch["target_image"] + i)
     return torch.cat(toks), torch.cat(boxes), torch.cat(owners)
@@ -70,6 +74,10 @@ def main(argv=None) -> int:
                     help="random-init (tiny preset), oracle (tokens that say which patches are inside a box, and "
                          "where they are: a check of the decoder and matcher themselves) or a checkpoint path")
     ap.add_argument("--memory-pos", choices=["none", "sine"], default=None, help="override decoder_memory_pos")
+    ap.add_argument("--image-size", type=int, default=None,
+                    help="random-init/oracle only: the tiny preset at this input size (e.g. 128: a 16×16 grid)")
+    ap.add_argument("--train-tower", action="store_true",
+                    help="train the image tower too (same lr), box loss only: can the tower learn to localise?")
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-4)
@@ -82,26 +90,33 @@ def main(argv=None) -> int:
     if len(shards) < 2:
         ap.error(f"{args.bench}: needs at least 2 corpus shards")
     if args.tower in ("random-init", "oracle"):
-        cfg = ModelConfig.preset("tiny")
+        cfg = ModelConfig.preset("tiny", **({"image_size": args.image_size} if args.image_size else {}))
         tower = build_model(cfg).eval()
     else:
+        if args.image_size:
+            ap.error("--image-size applies to random-init/oracle towers only")
         tower, cfg, _ = load_checkpoint(args.tower)
         tower.eval()
+    if args.train_tower and args.tower == "oracle":
+        ap.error("--train-tower needs a real tower (random-init or a checkpoint)")
     if args.memory_pos:
         cfg = ModelConfig.from_dict({**cfg.to_dict(), "decoder_memory_pos": args.memory_pos})
     train_rows = [r for p in shards[:-1] for r in read_table(p).to_pylist()][: args.train_rows]
     val_rows = read_table(shards[-1]).to_pylist()
     t0 = time.perf_counter()
-    tok, tb, timg = encode(tower, cfg, train_rows)
-    vtok, vtb, vtimg = encode(tower, cfg, val_rows)
+    tok, tb, timg = encode(tower, cfg, train_rows, keep_images=args.train_tower)
+    vtok, vtb, vtimg = encode(tower, cfg, val_rows, keep_images=args.train_tower)
     if args.tower == "oracle":
         tok, vtok = oracle_tokens(tb, timg, len(tok), cfg), oracle_tokens(vtb, vtimg, len(vtok), cfg)
     print(f"tokens: {tuple(tok.shape)} train, {tuple(vtok.shape)} val ({time.perf_counter() - t0:.0f} s); "
-          f"tower {args.tower}, memory_pos {cfg.decoder_memory_pos}")
+          f"tower {args.tower}{' (trained here)' if args.train_tower else ' (frozen)'}, "
+          f"{cfg.image_size // cfg.patch_size}² grid, memory_pos {cfg.decoder_memory_pos}")
+    memory = (lambda x: tower.image_tokens(x)) if args.train_tower else (lambda x: x)
     dec = RegionDecoder(cfg.vision_width, cfg.embed_dim, cfg.num_region_queries, cfg.decoder_dim, cfg.decoder_layers,
                         cfg.decoder_heads, cfg.decoder_ffn_dim, cfg.decoder_dropout, memory_pos=cfg.decoder_memory_pos,
                         grid=cfg.image_size // cfg.patch_size)
-    opt = torch.optim.AdamW(dec.parameters(),  # the projections get no gradient here (AdamW skips them)
+    params = list(dec.parameters()) + (list(tower.visual.parameters()) if args.train_tower else [])
+    opt = torch.optim.AdamW(params,  # the projections get no gradient here (AdamW skips them)
                             lr=args.lr, weight_decay=1e-4)
     matcher = HungarianMatcher()
     n = tok.shape[0]
@@ -113,9 +128,11 @@ def main(argv=None) -> int:
 
     def evaluate():
         dec.eval()
+        tower.eval()
         with torch.no_grad():
-            pred = torch.cat([dec(vtok[i: i + 128])["pred_boxes"] for i in range(0, len(vtok), 128)])
+            pred = torch.cat([dec(memory(vtok[i: i + 128]))["pred_boxes"] for i in range(0, len(vtok), 128)])
         dec.train()
+        tower.train(args.train_tower)
         return pred, {k: float(v) for k, v in matched_losses(pred, vtb, vtimg, matcher).items()}
 
     pred, _ = evaluate()
@@ -133,12 +150,12 @@ def main(argv=None) -> int:
         remap = {int(i): k for k, i in enumerate(idx.tolist())}
         btb = tb[sel]
         bimg = torch.tensor([remap[int(timg[j])] for j in sel], dtype=torch.long)
-        out = dec(tok[idx])
+        out = dec(memory(tok[idx]))
         m = matched_losses(out["pred_boxes"], btb, bimg, matcher)
         loss = m["l1"] + m["1-giou"]
         opt.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(dec.parameters(), 0.1)  # DETR's clip
+        torch.nn.utils.clip_grad_norm_(params, 0.1)  # DETR's clip
         opt.step()
         if step % max(1, args.steps // 8) == 0 or step == args.steps:
             pred, v = evaluate()

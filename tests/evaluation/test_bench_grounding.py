@@ -129,4 +129,6 @@ def test_smoke_benchmark_end_to_end_and_resume(tmp_path, capsys):
     assert all(0 <= v <= 1 for v in r["patch_probe_balanced_accuracy"].values())
     assert r["model"]["1-giou"] >= base - 0.1  # 6 steps of training: no better than the best fixed layout
     assert decoder_probe.main(["--bench", str(out), "--steps", "4", "--train-rows", "32"]) == 0
+    assert decoder_probe.main(["--bench", str(out), "--steps", "2", "--train-rows", "32", "--train-tower"]) == 0
+    assert decoder_probe.main(["--bench", str(out), "--steps", "2", "--train-rows", "32", "--tower", "oracle"]) == 0
     assert "best image-independent boxes" in capsys.readouterr().out
