@@ -38,17 +38,17 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from grain import box_ops  # noqa: E402
 from grain.checkpoint import load_checkpoint  # noqa: E402
 from grain.data import make_batch, sample_from_row  # noqa: E402
+from grain.losses import GrainLoss  # noqa: E402
 from grain.matcher import HungarianMatcher  # noqa: E402
 from grain.schema import read_table  # noqa: E402
 
 
 def matched_losses(pred: torch.Tensor, tb: torch.Tensor, timg: torch.Tensor, matcher: HungarianMatcher) -> dict:
-    """pred [B, Q, 4] cxcywh; targets [M, 4] → per-target L1 (4 coordinates summed) and 1 − GIoU."""
+    """pred [B, Q, 4] cxcywh; targets [M, 4] → per-target L1 (4 coordinates summed) and 1 − GIoU,
+    computed by the training loss itself (``GrainLoss._box_losses``) after the training matcher."""
     bi, qi, ti = matcher(pred.detach(), tb, timg)
-    src, tgt = pred[bi, qi], tb[ti]
-    giou = box_ops.elementwise_generalized_box_iou(box_ops.box_cxcywh_to_xyxy(src), box_ops.box_cxcywh_to_xyxy(tgt))
-    n = max(1, tb.shape[0])
-    return {"l1": (src - tgt).abs().sum() / n, "1-giou": (1 - giou).sum() / n}
+    box = GrainLoss._box_losses(pred, tb, bi, qi, ti)
+    return {"l1": box["loss_l1"], "1-giou": box["loss_giou"]}
 
 
 def best_constant(tb: torch.Tensor, timg: torch.Tensor, b: int, q: int, init: torch.Tensor, steps: int = 400) -> torch.Tensor:

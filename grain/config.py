@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass
 
 KINDS = ("grain", "clip")
+MEMORY_POS = ("none", "sine")  # decoder memory positional encodings (ModelConfig.decoder_memory_pos)
 
 
 @dataclass
@@ -68,8 +69,8 @@ class ModelConfig:
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"ModelConfig.kind must be one of {KINDS}, got {self.kind!r}")
-        if self.decoder_memory_pos not in ("none", "sine"):
-            raise ValueError(f"ModelConfig.decoder_memory_pos must be 'none' or 'sine', got {self.decoder_memory_pos!r}")
+        if self.decoder_memory_pos not in MEMORY_POS:
+            raise ValueError(f"ModelConfig.decoder_memory_pos must be one of {MEMORY_POS}, got {self.decoder_memory_pos!r}")
         if self.image_size % self.patch_size:
             raise ValueError(f"ModelConfig.image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         for w, h, what in (
@@ -156,4 +157,4 @@ PRESETS: dict[str, dict] = {
     ),
 }
 
-__all__ = ["KINDS", "PRESETS", "LossConfig", "ModelConfig"]
+__all__ = ["KINDS", "MEMORY_POS", "PRESETS", "LossConfig", "ModelConfig"]
