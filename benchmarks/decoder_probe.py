@@ -25,11 +25,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.grounding_boxes import best_constant, matched_losses  # noqa: E402
+from benchmarks.grounding_boxes import best_constant, matched_losses, patch_labels  # noqa: E402
 from grain.checkpoint import load_checkpoint  # noqa: E402
-from grain.config import ModelConfig  # noqa: E402
+from grain.config import MEMORY_POS, ModelConfig  # noqa: E402
 from grain.data import make_batch, sample_from_row  # noqa: E402
-from grain.decoder import RegionDecoder  # noqa: E402
 from grain.matcher import HungarianMatcher  # noqa: E402
 from grain.model import build_model  # noqa: E402
 from grain.schema import read_table  # noqa: E402
@@ -54,8 +53,6 @@ def encode(tower, cfg, rows, keep_images: bool = False) -> tuple[torch.Tensor, t
 def oracle_tokens(tb: torch.Tensor, timg: torch.Tensor, n: int, cfg) -> torch.Tensor:
     """Memory that spells out the answer: per patch, half the channels say "inside an object box" and
     the other half are a one-hot of the patch's position (CLS all zero) → [n, 1 + grid², vision_width]."""
-    from benchmarks.grounding_boxes import patch_labels
-
     grid = cfg.image_size // cfg.patch_size
     w = cfg.vision_width
     if w < 2 * grid * grid:
@@ -73,7 +70,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tower", default="random-init",
                     help="random-init (tiny preset), oracle (tokens that say which patches are inside a box, and "
                          "where they are: a check of the decoder and matcher themselves) or a checkpoint path")
-    ap.add_argument("--memory-pos", choices=["none", "sine"], default=None, help="override decoder_memory_pos")
+    ap.add_argument("--memory-pos", choices=MEMORY_POS, default=None, help="override decoder_memory_pos")
     ap.add_argument("--image-size", type=int, default=None,
                     help="random-init/oracle only: the tiny preset at this input size (e.g. 128: a 16×16 grid)")
     ap.add_argument("--train-tower", action="store_true",
@@ -112,9 +109,9 @@ def main(argv=None) -> int:
           f"tower {args.tower}{' (trained here)' if args.train_tower else ' (frozen)'}, "
           f"{cfg.image_size // cfg.patch_size}² grid, memory_pos {cfg.decoder_memory_pos}")
     memory = (lambda x: tower.image_tokens(x)) if args.train_tower else (lambda x: x)
-    dec = RegionDecoder(cfg.vision_width, cfg.embed_dim, cfg.num_region_queries, cfg.decoder_dim, cfg.decoder_layers,
-                        cfg.decoder_heads, cfg.decoder_ffn_dim, cfg.decoder_dropout, memory_pos=cfg.decoder_memory_pos,
-                        grid=cfg.image_size // cfg.patch_size)
+    dec = build_model(cfg).decoder  # a fresh decoder exactly as GrainModel builds it
+    if dec is None:
+        ap.error(f"{args.tower}: a CLIP-baseline checkpoint has no region decoder")
     params = list(dec.parameters()) + (list(tower.visual.parameters()) if args.train_tower else [])
     opt = torch.optim.AdamW(params,  # the projections get no gradient here (AdamW skips them)
                             lr=args.lr, weight_decay=1e-4)

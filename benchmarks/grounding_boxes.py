@@ -103,20 +103,25 @@ def patch_labels(batch: dict, n: int, grid: int) -> torch.Tensor:
     return out
 
 
-def probes(model, cfg, images: torch.Tensor, labels: torch.Tensor) -> dict:
+def probes(model, cfg, images: torch.Tensor, labels: torch.Tensor, baselines: dict) -> dict:
+    """Balanced accuracy of the patch-in-object probe on ``model``'s tokens; the random-init and
+    position-only baselines depend on the config alone and are computed once per config (``baselines``)."""
     from grain.model import build_model
 
     n_train = int(0.8 * len(images))
     grid = cfg.image_size // cfg.patch_size
-    out = {}
-    torch.manual_seed(0)
-    for name, m in (("trained", model), ("random-init", build_model(cfg).eval())):
+
+    def on_tokens(m) -> float:
         with torch.no_grad():
             tok = torch.cat([m.image_tokens(images[i: i + 64])[:, 1:] for i in range(0, len(images), 64)])
-        out[name] = _probe(tok, labels, n_train)
-    onehot = torch.eye(grid * grid).unsqueeze(0).expand(len(images), -1, -1)
-    out["position-only"] = _probe(onehot, labels, n_train)
-    return out
+        return _probe(tok, labels, n_train)
+
+    key = json.dumps(cfg.to_dict(), sort_keys=True)
+    if key not in baselines:
+        torch.manual_seed(0)
+        onehot = torch.eye(grid * grid).unsqueeze(0).expand(len(images), -1, -1)
+        baselines[key] = {"random-init": on_tokens(build_model(cfg).eval()), "position-only": _probe(onehot, labels, n_train)}
+    return {"trained": on_tokens(model), **baselines[key]}
 
 
 def main(argv=None) -> int:
@@ -135,6 +140,7 @@ def main(argv=None) -> int:
     matcher = HungarianMatcher()
     results = {}
     constant = None
+    baselines: dict = {}
     for path in ckpts:
         model, cfg, _ = load_checkpoint(path)
         model.eval()
@@ -144,7 +150,7 @@ def main(argv=None) -> int:
             pred = torch.cat([model.encode_image(batch["images"][i: i + 64])["pred_boxes"] for i in range(0, len(rows), 64)])
         b, q = pred.shape[:2]
         grid = cfg.image_size // cfg.patch_size
-        probe = probes(model, cfg, batch["images"], patch_labels(batch, b, grid))
+        probe = probes(model, cfg, batch["images"], patch_labels(batch, b, grid), baselines)
         if constant is None:  # same rows for every checkpoint: fit once, from the first model's mean layout
             constant = best_constant(tb, timg, b, q, pred.mean(0))
             base = {k: float(v) for k, v in matched_losses(constant.unsqueeze(0).expand(b, q, 4), tb, timg, matcher).items()}

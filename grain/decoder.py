@@ -111,7 +111,6 @@ class RegionDecoder(nn.Module):
         if memory_pos != "none" and not grid:
             raise ValueError("memory_pos='sine' needs the patch grid size (grid=image_size // patch_size)")
         self.num_queries = num_queries
-        self.memory_pos = memory_pos
         # Not a parameter, not saved: recomputed from (grid, dim), so checkpoints are the same either way.
         self.register_buffer("memory_pos_table", sine_pos_2d(grid, dim) if memory_pos == "sine" else None,
                              persistent=False)

@@ -14,7 +14,6 @@ import glob
 import json
 import os
 import random
-import signal
 import socket
 import threading
 import time
@@ -23,6 +22,8 @@ from contextlib import contextmanager
 
 import psutil
 import pytest
+
+from tests.procs import kill_all
 
 pytestmark = pytest.mark.slow
 ZOMBIE_AFTER_S = 75  # 2.5 heartbeat periods: a loaded 2-core machine must not make false zombies
@@ -202,13 +203,7 @@ def test_killed_worker_run_ends_crashed_and_a_rerun_resumes(stack_env, tmp_path,
             time.sleep(0.1)
         # The worker's machine dies: SIGKILL the worker and everything it started (the flow-run process,
         # its Ray driver) at once. No process is left to report a final state.
-        doomed = [worker, *worker.children(recursive=True)]
-        for p in doomed:
-            try:
-                p.send_signal(signal.SIGKILL)
-            except psutil.Error:
-                pass
-        psutil.wait_procs(doomed, timeout=30)
+        kill_all([worker, *worker.children(recursive=True)], timeout=30)
     _assert_loopback(during, "annotate run (Prefect worker + flow run + Ray + vLLM)")
     assert len(during) > len(before)  # the run's own servers (Ray driver, workers, engine) were seen
 

@@ -28,6 +28,7 @@ import pytest
 
 from annotators.badinputs import build_bad_input_corpus
 from grain.schema import read_table
+from tests.procs import kill_all
 
 pytestmark = pytest.mark.slow
 RECORDED: dict = {}  # listening sockets seen during run 1, for test_listening_sockets_are_loopback_only
@@ -61,15 +62,6 @@ def _listening(pids):
             if c.status == psutil.CONN_LISTEN and c.pid in pids}
 
 
-def _kill_all(procs):
-    for p in procs:
-        try:
-            p.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(procs, timeout=20)
-
-
 def test_sigkill_driver_then_rerun_gives_every_row_once(tiny_models, tmp_path):
     corpus = build_bad_input_corpus(str(tmp_path / "in"), n_good=12, max_side=160, extended=True)
     inp, out = str(tmp_path / "in"), str(tmp_path / "out")
@@ -97,7 +89,7 @@ def test_sigkill_driver_then_rerun_gives_every_row_once(tiny_models, tmp_path):
         proc.send_signal(signal.SIGKILL)  # the driver: kill -9, no cleanup of any kind
         proc.wait(timeout=30)
     finally:
-        _kill_all([p for p in seen_procs.values() if p.pid != proc.pid])  # orphaned Ray/vLLM processes we started
+        kill_all([p for p in seen_procs.values() if p.pid != proc.pid], timeout=20)  # orphaned Ray/vLLM processes we started
         log1.close()
     # What the crash left committed, counted once nothing of run 1 is alive: a Ray worker may commit
     # one more shard in the moment between the driver's SIGKILL and its own.
