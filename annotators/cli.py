@@ -34,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override a config field, e.g. run.batch_size=8 (repeatable)")
     p.add_argument("--ray-address", metavar="ADDR",
-                   help="join an existing Ray cluster (e.g. 127.0.0.1:6379 or auto); default: a local Ray")
+                   help="join an existing Ray cluster (e.g. 127.0.0.1:6380 or auto); default: a local Ray. A cluster in "
+                        "token mode (the local stack's, every KubeRay one) needs RAY_AUTH_MODE=token and the token "
+                        "(RAY_AUTH_TOKEN_PATH=FILE or RAY_AUTH_TOKEN): `grain stack status` prints the stack's")
     p.add_argument("--dashboard", action="store_true",
                    help="serve the Ray dashboard (127.0.0.1) of the local Ray started for this run (default: off)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -122,7 +122,8 @@ def link_ray_dashboard() -> str | None:
     from prefect.artifacts import create_link_artifact
 
     create_link_artifact(link=url, link_text="Ray dashboard (jobs, actors, worker logs)", key="ray-dashboard",
-                         description="The Ray cluster this flow run used.")
+                         description="The Ray cluster this flow run used. It asks for the Ray token: the file named "
+                                     "by RAY_AUTH_TOKEN_PATH on the machine that runs the stack (`grain stack status`).")
     return url
 
 

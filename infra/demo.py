@@ -91,7 +91,7 @@ def report(workdir: str, api_url: str, run: dict, cfg: StackConfig, min_fraction
     print("\n".join([
         "",
         f"Prefect UI       {cfg.ui_url}   (Runs → grain-pipeline → Subflow Runs / Artifacts)",
-        f"Ray dashboard    {cfg.dashboard_url}   (token: `ray get-auth-token`)",
+        f"Ray dashboard    {cfg.dashboard_url}   (log in with the token in {cfg.ray_token_file})",
         f"annotated shards {os.path.join(workdir, 'annotated')}   (Parquet + manifest.json)",
         f"training run     {os.path.join(workdir, 'train')}   (final.pt, metrics.jsonl, loss_curves.png, run.json)",
         f"evaluation       {os.path.join(workdir, 'eval')}   (results.json, results.md)",

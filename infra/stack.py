@@ -25,7 +25,7 @@ import sys
 import time
 
 from infra import procs
-from infra.stack_config import HOST, REPO_ROOT, StackConfig
+from infra.stack_config import HOST, REPO_ROOT, StackConfig, ensure_ray_token
 
 SERVICES = ("artifacts", "prefect-server", "ray-head", "worker")  # start order; stop is reversed
 _BIN = os.path.dirname(sys.executable)
@@ -101,7 +101,7 @@ def _ready(cfg: StackConfig, name: str) -> bool:
     if name == "prefect-server":
         return procs.http_ok(f"{cfg.api_url}/health")
     if name == "ray-head":
-        # The dashboard answers 401 without Ray's auth token (~/.ray/auth_token): a listening port is enough.
+        # The dashboard answers 401 without the stack's Ray token (cfg.ray_token_file): a listening port is enough.
         # The raylet aborts the head when the dashboard agent has not written its port file within ~60 s
         # (a loaded machine): ready only once that file exists and the raylet's port is open.
         import glob
@@ -131,14 +131,16 @@ def register_deployments(cfg: StackConfig) -> None:
     ensure_zombie_automation(cfg.api_url, cfg.zombie_after_s)  # a dead worker's runs end Crashed
 
 
-def up(cfg: StackConfig, redeploy: bool = False, timeout: float = 120) -> dict:
-    """Start every service that is not running; register deployments when anything started."""
+def up(cfg: StackConfig, redeploy: bool = False, timeout: float = 120, services: tuple[str, ...] = SERVICES) -> dict:
+    """Start every service (of ``services``, default all) that is not running; register deployments when
+    the worker starts or ``redeploy``."""
     for d in (cfg.logs, cfg.prefect_home, cfg.artifacts):
         os.makedirs(d, exist_ok=True)
+    ensure_ray_token(cfg)  # before the head starts: it and every client read it through RAY_AUTH_TOKEN_PATH
     state = load_state(cfg)
     started = []
     for name in SERVICES:
-        if _running(state, name):
+        if name not in services or _running(state, name):
             continue
         if name == "worker":
             register_deployments(cfg)  # the pool must exist before its worker polls it
@@ -200,6 +202,7 @@ def status(cfg: StackConfig) -> dict:
         "api": cfg.api_url,
         "ray_address": cfg.ray_address,
         "ray_dashboard": cfg.dashboard_url,
+        "ray_token_file": cfg.ray_token_file,
         "artifacts": cfg.artifact_url,
         "logs": cfg.logs,
         "services": services,
@@ -211,12 +214,14 @@ def _print_status(st: dict) -> None:
     print(f"stack home     {st['home']}   (logs: {st['logs']})")
     print(f"Prefect UI     {st['ui']}")
     print(f"Ray dashboard  {st['ray_dashboard']}   (RAY_ADDRESS={st['ray_address']})")
+    print(f"Ray token      {st['ray_token_file']}   (paste its contents at the dashboard's login)")
     print(f"artifacts      {st['artifacts']}")
     for name, s in st["services"].items():
         state = "ready" if s["ready"] else ("starting" if s["running"] else "stopped")
         print(f"  {name:15s} {state:8s} pid={s['pid'] or '-'}")
     if st["up"]:
-        print(f"\nUse it: export PREFECT_API_URL={st['api']} RAY_ADDRESS={st['ray_address']}")
+        print(f"\nUse it: export PREFECT_API_URL={st['api']} RAY_ADDRESS={st['ray_address']} "
+              f"RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={st['ray_token_file']}")
         print("        prefect deployment run grain-pipeline/grain-pipeline    |    grain stack down")
 
 

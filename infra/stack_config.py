@@ -17,12 +17,19 @@ its own stack; set ``GRAIN_STACK_HOME`` to put it elsewhere (tests use a temp di
 | ``GRAIN_ZOMBIE_AFTER_S``     | 120                      | no heartbeat for this long → Crashed   |
 
 Everything binds to 127.0.0.1.
+
+Ray runs in token mode (``RAY_AUTH_MODE=token``). The stack makes its own token on first use
+(:func:`ensure_ray_token`): ``$GRAIN_STACK_HOME/ray_auth_token``, mode 0600, 256 random bits, passed to the
+head, the worker and every flow run through Ray's documented ``RAY_AUTH_TOKEN_PATH``. It never depends on
+``~/.ray/auth_token`` (which only ``ray.init`` of a local cluster creates) and is never printed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import secrets
+import stat
 from dataclasses import dataclass
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -88,6 +95,11 @@ class StackConfig:
         return os.path.join(self.home, "artifacts")
 
     @property
+    def ray_token_file(self) -> str:
+        """The stack's Ray auth token (mode 0600), made by :func:`ensure_ray_token`."""
+        return os.path.join(self.home, "ray_auth_token")
+
+    @property
     def state_file(self) -> str:
         return os.path.join(self.home, "state.json")
 
@@ -144,12 +156,34 @@ class StackConfig:
             # machine's external address even with --node-ip-address 127.0.0.1 (docs/reliability.md).
             # No other machine could join a head advertised on 127.0.0.1 anyway.
             "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-            # Ray 2.60 head nodes require a token (~/.ray/auth_token); clients given an explicit
-            # address only send it when token mode is set.
+            # Ray 2.60 head nodes require a token; clients given an explicit address only send it when
+            # token mode is set. The token is the stack's own file (ensure_ray_token), not ~/.ray/auth_token.
             "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": self.ray_token_file,
             "GRAIN_ARTIFACT_DIR": self.artifacts,
             "GRAIN_ARTIFACT_URL": self.artifact_url,
             "GRAIN_RAY_DASHBOARD_URL": self.dashboard_url,
             "GRAIN_STACK_HOME": self.home,
             "GRAIN_WORK_POOL": self.work_pool,
         }
+
+
+def ensure_ray_token(cfg: StackConfig) -> str:
+    """Create the stack's Ray auth token file if it is missing (0600, 64 hex chars); return its path.
+
+    An existing token is kept (a running head keeps accepting its clients); a file readable by others
+    is narrowed to 0600; an empty one is refused, as Ray would abort on it."""
+    path = cfg.ray_token_file
+    os.makedirs(cfg.home, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        if stat.S_IMODE(os.stat(path).st_mode) & 0o077:
+            os.chmod(path, 0o600)
+        with open(path) as fh:
+            if not fh.read().strip():
+                raise ValueError(f"{path} is empty: delete it and run `grain stack up` again to make a new token")
+        return path
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_hex(32))
+    return path

@@ -30,7 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config value by dotted key, e.g. optim.lr=1e-4 (repeatable)")
     p.add_argument("--workers", type=int, help="Ray Train workers (0: in-process, no Ray)")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker (NCCL, bf16 autocast)")
-    p.add_argument("--ray-address", help="Ray cluster address (e.g. auto, ray://host:10001); default: a local cluster")
+    p.add_argument("--ray-address", help="Ray cluster address (e.g. auto, ray://host:10001); default: a local cluster. "
+                        "A cluster in token mode needs RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH (or RAY_AUTH_TOKEN): "
+                        "`grain stack status` prints the local stack's")
     p.add_argument("--max-steps", type=int, help="stop after this global step (resumable: the schedule spans all epochs)")
     p.add_argument("--epochs", type=int, help="epochs (defines the schedule length)")
     p.add_argument("--batch-size", type=int, help="batch size per worker")

@@ -13,8 +13,6 @@ head, dashboard, workers, vLLM engines) before and during their runs: all must b
 import glob
 import json
 import os
-import random
-import socket
 import threading
 import time
 import urllib.request
@@ -23,7 +21,7 @@ from contextlib import contextmanager
 import psutil
 import pytest
 
-from tests.procs import kill_all
+from tests.procs import free_port_base, kill_all
 
 pytestmark = pytest.mark.slow
 ZOMBIE_AFTER_S = 75  # 2.5 heartbeat periods: a loaded 2-core machine must not make false zombies
@@ -88,25 +86,10 @@ def _assert_loopback(seen: dict, what: str):
     assert not exposed, f"{what}: listening beyond loopback: {exposed}"
 
 
-def _free_base(span: int) -> int:
-    """A port base with ``span`` free ports after it (Ray uses GCS port … +309)."""
-    for _ in range(50):
-        base = random.randrange(20000, 30000 - span)
-        ok = True
-        for p in range(base, base + span):
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", p)) == 0:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError("no free port range")
-
-
 @pytest.fixture(scope="module")
 def stack_env(tmp_path_factory):
     home = str(tmp_path_factory.mktemp("stack"))
-    base = _free_base(330)
+    base = free_port_base(330)
     env = {"GRAIN_STACK_HOME": home, "GRAIN_PREFECT_PORT": str(base + 320), "GRAIN_RAY_PORT": str(base),
            "GRAIN_RAY_DASHBOARD_PORT": str(base + 321), "GRAIN_ARTIFACT_PORT": str(base + 322),
            "GRAIN_RAY_NUM_CPUS": "2", "GRAIN_RAY_TMP": f"/tmp/gr-e2e-{base}", "GRAIN_WORK_POOL": f"grain-e2e-{base}",
