@@ -73,6 +73,18 @@ def resolve_models(cfg: AnnotateConfig) -> dict:
     return out
 
 
+def resolve_profile(profile: str) -> dict:
+    """``{"mllm": dir or id, "mllm_family": ..., "detector": dir or id}`` for a profile; tiny ones are built if missing.
+
+    The model ids live in one place, the profile's run file (``configs/annotate-<profile>.yaml``), and are
+    resolved by ``resolve_models``."""
+    from annotators.config import load_config
+
+    cfg = load_config(profile=profile)  # ConfigError (a ValueError) naming an unknown profile
+    models = resolve_models(cfg)
+    return {"mllm": models["mllm"], "mllm_family": cfg.models.mllm_family, "detector": models["detector"]}
+
+
 def finalize_row(r: dict, models: dict) -> dict:
     """An intermediate row → a schema row (grain/schema.py). A row that would break the schema
     becomes a model_error row naming the rule, so one bad model output never loses a shard."""
