@@ -80,18 +80,13 @@ def _count_inputs(inputs: list) -> int:
 
 
 def list_parquet(output: str) -> list[str]:
-    """Sorted ``*.parquet`` locations directly under ``output`` (local path or URI), markers excluded.
-
-    Called after the stage returned, so every shard there is complete (local writes are renamed into
-    place, object-store writes are all-or-nothing); fixture shards without markers count too."""
-    fs, path = storage.open_fs(output)
+    """Sorted committed ``*.parquet`` shards directly under ``output`` (local path or URI), through
+    ``grain.storage.list_shards`` (its commit rule: fixture shards without any marker count too);
+    [] while ``output`` does not exist."""
     try:
-        names = fs.ls(path, detail=False)
+        return storage.list_shards(output)[0]
     except FileNotFoundError:
         return []
-    local = storage.is_local(output)
-    proto = storage.protocol_of(output)
-    return sorted(n if local else f"{proto}://{n}" for n in map(str, names) if n.endswith(".parquet"))
 
 
 def shard_box_stats(parquet_uri: str) -> dict:
