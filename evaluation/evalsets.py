@@ -173,20 +173,18 @@ def load_imagefolder(root: str, name: str | None = None) -> ClassificationSet:
 
 
 def _tar_samples(tar_path: str) -> dict[str, dict[str, bytes]]:
-    """Group a webdataset tar's members by key: {key: {ext: bytes}} (extension = text after the first dot)."""
+    """Group a webdataset tar's members by key: {key: {ext: bytes}} (extension = text after the first dot),
+    read with the project's one tar reader (grain.webdataset); members other than files are skipped."""
+    from grain.webdataset import iter_members
+
     samples: dict[str, dict[str, bytes]] = {}
     try:
-        with tarfile.open(tar_path) as tf:
-            for m in tf:
-                if not m.isfile():
+        with open(tar_path, "rb") as f:
+            for m in iter_members(f):
+                if m.kind != "file" or not m.ext:
                     continue
-                base = os.path.basename(m.name)
-                if "." not in base:
-                    continue
-                key, ext = base.split(".", 1)
-                key = os.path.join(os.path.dirname(m.name), key)
-                samples.setdefault(key, {})[ext.lower()] = tf.extractfile(m).read()
-    except (OSError, tarfile.TarError) as e:
+                samples.setdefault(m.key, {})[m.ext] = m.read()
+    except (OSError, EOFError, tarfile.TarError) as e:
         raise EvalSetError(f"{tar_path}: not a readable tar shard ({e})") from e
     return samples
 
