@@ -65,7 +65,7 @@ def resolve_models(cfg: AnnotateConfig) -> dict:
     names = {"mllm": "llava" if m.mllm_family == "llava" else "qwen2-vl", "detector": "owlv2"}
     tiny = [names[k] for k in out if out[k] == "tiny"]
     if tiny:
-        from annotators.tiny_models import ensure_tiny_models
+        from grain.tiny_models import ensure_tiny_models
 
         paths = ensure_tiny_models(tiny)
         out.update({k: paths[names[k]] for k in ("mllm", "detector") if out[k] == "tiny"})

@@ -16,7 +16,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-# The question shown to the MLLM. The answer layout matches annotators/parse.py (which also copes with
+# The question shown to the MLLM. The answer layout matches grain/parse.py (which also copes with
 # answers that ignore it).
 DESCRIBE_QUESTION = (
     "Look at the image carefully.\n"
@@ -31,7 +31,7 @@ DESCRIBE_QUESTION = (
 # Structured outputs (vLLM guided decoding): the answer layout DESCRIBE_QUESTION asks for, as a regex the
 # engine enforces token by token. Lengths are bounded so a rambling (or random-weight) model still reaches
 # the bullet list within its token budget; characters are anything but control characters (newline
-# included), so every line stays one line. The parser (annotators/parse.py) stays the safety net: a
+# included), so every line stays one line. The parser (grain/parse.py) stays the safety net: a
 # generation cut by max_tokens ends mid-line and is still parsed.
 CAPTION_MAX_CHARS = 300  # a dense one-sentence caption; LLaVA-1.5's are ~100-250 characters
 DESCRIPTION_MAX_CHARS = 80  # "short phrases"; OWLv2 reads 16 tokens of each anyway

@@ -42,7 +42,7 @@ def is_url_list(path: str) -> bool:
 @task(retries=2, retry_delay_seconds=30, log_prints=True)
 def download_url_list(url_list: str, output: str, url_col: str = "url", caption_col: str = "caption") -> str:
     """img2dataset (own venv, subprocess) → webdataset shards in ``output``; retried on failure."""
-    from infra.img2dataset_env import download_url_list as download
+    from annotators.img2dataset_env import download_url_list as download
 
     tars = download(url_list, output, url_col=url_col, caption_col=caption_col,
                     log_path=os.path.join(output, "img2dataset.log"))
