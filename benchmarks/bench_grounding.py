@@ -48,7 +48,7 @@ SECTIONS = ("bench", "classes", "corpus", "eval", "train")
 def load_bench_config(path: str | os.PathLike, sets: list[str] | None = None) -> dict:
     """The bench YAML (sections ``bench``, ``classes``, ``corpus``, ``eval``, ``train``) with
     ``--set section.key=value`` overrides applied. Errors name the file and the bad key."""
-    from trainers.config import parse_set  # the `--set key=value` grammar every `grain` command shares
+    from trainers.config import parse_set  # the trainer's `--set key=value` grammar (values as YAML scalars)
 
     p = Path(path)
     if not p.is_file():
