@@ -237,11 +237,12 @@ def load_clip_benchmark_wds(root: str, name: str | None = None, split: str = "te
 
 def load_annotated_shards(path: str, name: str | None = None, captions: str = "both") -> RetrievalSet:
     """Retrieval set from annotated shards; ``captions`` ∈ {"both", "source", "mllm"}."""
+    from grain import storage
     from grain.schema import STATUS_OK, read_table
 
     if captions not in ("both", "source", "mllm"):
         raise ValueError(f"captions must be 'both', 'source' or 'mllm', got {captions!r}")
-    files = [path] if os.path.isfile(path) else sorted(glob.glob(os.path.join(path, "*.parquet")))
+    files = storage.list_shards(path)[0]  # committed shards only where markers exist
     if not files:
         raise EvalSetError(f"{path}: no .parquet shards")
     fields = {"both": ("source_caption", "mllm_caption"), "source": ("source_caption",), "mllm": ("mllm_caption",)}[captions]
