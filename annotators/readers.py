@@ -12,8 +12,9 @@ Layouts (img2dataset's writers, `output_format=webdataset|parquet`):
 
 Every input record yields exactly one *record* dict (``RECORD_FIELDS``); records that cannot be
 annotated carry an error ``status`` and an ``error`` reason instead of being dropped. Reading is safe:
-tar members are never extracted to disk; a member whose name is absolute or contains ``..``, and
-links/devices, become ``input_error`` records; images over the byte limit are not read into memory.
+tar members are never extracted to disk (``grain.webdataset``, the project's one tar reader); a member
+whose name is absolute or contains ``..``, and links/devices, become ``input_error`` records; images over
+the byte limit are not read into memory.
 Paths may be local or fsspec URIs (``s3://...``, see ``grain.storage``).
 """
 
@@ -33,6 +34,7 @@ from grain.schema import (
     FLAG_UNDECODABLE_SOURCE_CAPTION,
 )
 from grain.storage import join, open_fs
+from grain.webdataset import iter_members
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
 RECORD_FIELDS = ("key", "source", "url", "image", "source_caption", "flags", "status", "error")
@@ -93,28 +95,6 @@ def decode_caption(raw, max_chars: int = 4000) -> tuple[str | None, list[str]]:
         text = text[:max_chars]
         flags.append(FLAG_TRUNCATED_SOURCE_CAPTION)
     return text, flags
-
-
-def unsafe_member_reason(name: str) -> str | None:
-    """Why a tar member name is unsafe (would escape the shard's folder if extracted), or None."""
-    if not name or "\x00" in name:
-        return "empty or NUL-containing name"
-    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name):
-        return "absolute path"
-    parts = re.split(r"[\\/]", name)
-    if ".." in parts:
-        return "'..' path component"
-    return None
-
-
-def _split_key(name: str) -> tuple[str, str]:
-    """webdataset convention: key = path up to the first '.' of the last component; ext = the rest."""
-    while name.startswith("./"):
-        name = name[2:]
-    directory, base = posixpath.split(name)
-    stem, dot, ext = base.partition(".")
-    key = posixpath.join(directory, stem) if directory else stem
-    return key, ext.lower() if dot else ""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -227,22 +207,21 @@ def _read_tar(shard: InputShard, max_image_bytes: int, max_caption_chars: int, m
     groups: dict[str, dict] = {}  # key → {"image": (ext, bytes) | error, "txt": bytes, "json": dict, "member": name}
     order: list = []  # keys, and ready-made error records, in input order
     try:
-        with fs.open(path, "rb") as fobj, tarfile.open(fileobj=fobj, mode="r:*") as tar:
-            for i, m in enumerate(tar):
-                src = f"{base}::{m.name}"
-                reason = unsafe_member_reason(m.name)
-                if reason:
+        with fs.open(path, "rb") as fobj:
+            for m in iter_members(fobj):
+                i, src = m.index, f"{base}::{m.name}"
+                if m.unsafe:
                     order.append(record(f"{shard.name}/unsafe-member-{i:06d}", f"{base}::{m.name!r}",
-                                        status="input_error", error=f"unsafe tar member name {m.name!r}: {reason}; not read"))
+                                        status="input_error", error=f"unsafe tar member name {m.name!r}: {m.unsafe}; not read"))
                     continue
-                if m.isdir():
+                if m.kind == "dir":
                     continue
-                if not m.isfile():  # symlink, hard link, device, fifo: never followed
-                    kind = "link" if (m.issym() or m.islnk()) else "special file"
+                if m.kind != "file":  # symlink, hard link, device, fifo: never followed
+                    kind = "link" if m.kind == "link" else "special file"
                     order.append(record(f"{shard.name}/unsafe-member-{i:06d}", src, status="input_error",
                                         error=f"tar member {m.name!r} is a {kind}; not read"))
                     continue
-                key, ext = _split_key(m.name)
+                key, ext = m.key, m.ext
                 if key not in groups:
                     groups[key] = {"member": m.name}
                     order.append(key)
@@ -253,13 +232,13 @@ def _read_tar(shard: InputShard, max_image_bytes: int, max_caption_chars: int, m
                     if m.size > max_image_bytes:
                         g["image"] = ("too_large", f"{m.size} bytes > max_image_bytes={max_image_bytes}")
                     else:
-                        g["image"] = (ext, tar.extractfile(m).read())
+                        g["image"] = (ext, m.read())
                     g["member"] = m.name
                 elif ext == "txt":
-                    g["txt"] = tar.extractfile(m).read(max_caption_chars * 4 + 4)
+                    g["txt"] = m.read(max_caption_chars * 4 + 4)
                 elif ext == "json" and m.size <= max_json_bytes:
                     try:
-                        meta = json.loads(tar.extractfile(m).read())
+                        meta = json.loads(m.read())
                         g["json"] = meta if isinstance(meta, dict) else {}
                     except (ValueError, UnicodeDecodeError):
                         g["json"] = {}

@@ -16,7 +16,6 @@ A ratio well under 1 means boxes can be learnt from that memory with this decode
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import sys
 import time
@@ -26,6 +25,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.grounding_boxes import best_constant, matched_losses, patch_labels  # noqa: E402
+from grain import storage  # noqa: E402
 from grain.checkpoint import load_checkpoint  # noqa: E402
 from grain.config import MEMORY_POS, ModelConfig  # noqa: E402
 from grain.data import make_batch, sample_from_row  # noqa: E402
@@ -83,7 +83,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.manual_seed(args.seed)
     torch.set_num_threads(1)
-    shards = sorted(glob.glob(os.path.join(args.bench, "corpus", "*.parquet")))
+    corpus = os.path.join(args.bench, "corpus")
+    shards = storage.list_shards(corpus)[0] if os.path.isdir(corpus) else []
     if len(shards) < 2:
         ap.error(f"{args.bench}: needs at least 2 corpus shards")
     if args.tower in ("random-init", "oracle"):

@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from grain import box_ops  # noqa: E402
+from grain import box_ops, storage  # noqa: E402
 from grain.checkpoint import load_checkpoint  # noqa: E402
 from grain.data import make_batch, sample_from_row  # noqa: E402
 from grain.losses import GrainLoss  # noqa: E402
@@ -132,7 +132,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
-    shards = sorted(glob.glob(os.path.join(args.bench, "corpus", "*.parquet")))
+    corpus = os.path.join(args.bench, "corpus")
+    shards = storage.list_shards(corpus)[0] if os.path.isdir(corpus) else []
     ckpts = sorted(glob.glob(os.path.join(args.bench, "runs", "grain-seed*", "train", "final.pt")))
     if not shards or not ckpts:
         ap.error(f"{args.bench}: needs corpus/*.parquet and runs/grain-seed*/train/final.pt")

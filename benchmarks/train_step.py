@@ -48,7 +48,8 @@ def make_data(tmp: str, preset_cfg, batch_size: int, width: int, height: int, de
     """Fixture shards → (first batch, data-path samples/s measured over ``n_batches`` batches)."""
     from grain.schema import FixtureSpec, write_fixture_shards
     from trainers.index import build_index
-    from trainers.samples import BatchStream, ShardReader, collate_trimmed, row_to_sample
+    from grain.data import sample_from_row
+    from trainers.samples import BatchStream, ShardReader, collate_trimmed
 
     n_rows = batch_size * n_batches
     write_fixture_shards(tmp, FixtureSpec(num_shards=1, rows_per_shard=n_rows, width=width, height=height,
@@ -61,7 +62,7 @@ def make_data(tmp: str, preset_cfg, batch_size: int, width: int, height: int, de
     def run():
         reader = ShardReader(index.root, index.files)  # fresh: the Parquet read is part of the path
         stream = BatchStream(plan, reader,
-                             to_sample=lambda r: row_to_sample(r, seed=0, epoch=0, image_size=preset_cfg.image_size, max_boxes=5),
+                             to_sample=lambda r: sample_from_row(r, preset_cfg),
                              collate=lambda s: collate_trimmed(s, preset_cfg), threads=decode_threads, prefetch=2)
         out = [b for b, _, _ in stream]
         stream.close()

@@ -14,19 +14,6 @@ import json
 import sys
 
 
-def _load_yaml(path: str) -> dict:
-    import yaml
-
-    try:
-        with open(path, encoding="utf-8") as f:
-            doc = yaml.safe_load(f) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ValueError(f"{path}: not a readable YAML run file ({e})") from e
-    if not isinstance(doc, dict):
-        raise ValueError(f"{path}: expected a mapping of EvalConfig fields")
-    return doc.get("eval", doc)
-
-
 def eval_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="grain eval", description="Zero-shot classification (names, descriptors, "
                                 "region fusion), retrieval and novel-concept evaluation of a checkpoint.")
@@ -51,7 +38,9 @@ def eval_main(argv: list[str] | None = None) -> int:
             out = write_comparison(args.compare, args.output, args.labels)
             print(json.dumps(out, indent=1))
             return 0
-        cfg = _load_yaml(args.config) if args.config else {}
+        from evaluation.runner import read_run_file
+
+        cfg = read_run_file(args.config) if args.config else {}
         for key, val in (("checkpoint", args.checkpoint), ("datasets", args.dataset), ("output", args.output),
                          ("alphas", args.alpha), ("batch_size", args.batch_size), ("limit", args.limit),
                          ("train_manifest", args.train_manifest), ("model_name", args.name)):

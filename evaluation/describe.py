@@ -5,7 +5,7 @@
 
 The LLM is asked, per class, for short visual features (the "classification by description"
 question) as a bullet list; bullets are parsed with the annotation stage's parser
-(annotators.parse.parse_mllm_output). A class whose answer gives no usable descriptor is written
+(grain.parse.parse_mllm_output). A class whose answer gives no usable descriptor is written
 with an empty list (its prompts fall back to the class name) and listed, printed and in
 ``<output>.missing.txt``: never filled in silently. Profiles: ``tiny`` = the random-weight
 ``text-llm`` built by ``grain models build-tiny`` (tests; its output is noise); ``paper`` =
@@ -54,7 +54,7 @@ def model_for_profile(profile: str, model: str | None) -> str:
         return model
     if profile == "paper":
         return PAPER_MODEL
-    from annotators.tiny_models import ensure_tiny_models
+    from grain.tiny_models import ensure_tiny_models
 
     return ensure_tiny_models(["text-llm"])["text-llm"]
 
@@ -63,7 +63,7 @@ def describe(classnames: list[str], model: str, max_tokens: int = 96, engine_kwa
     """``{class: [descriptor, ...]}`` (≤ MAX_DESCRIPTORS each; may be empty) from greedy generations."""
     from vllm import LLM, SamplingParams
 
-    from annotators.parse import parse_mllm_output
+    from grain.parse import parse_mllm_output
 
     kwargs = {"max_model_len": 512, "enforce_eager": True, "seed": 0, **(engine_kwargs or {})}
     llm = LLM(model=model, **kwargs)

@@ -173,20 +173,18 @@ def load_imagefolder(root: str, name: str | None = None) -> ClassificationSet:
 
 
 def _tar_samples(tar_path: str) -> dict[str, dict[str, bytes]]:
-    """Group a webdataset tar's members by key: {key: {ext: bytes}} (extension = text after the first dot)."""
+    """Group a webdataset tar's members by key: {key: {ext: bytes}} (extension = text after the first dot),
+    read with the project's one tar reader (grain.webdataset); members other than files are skipped."""
+    from grain.webdataset import iter_members
+
     samples: dict[str, dict[str, bytes]] = {}
     try:
-        with tarfile.open(tar_path) as tf:
-            for m in tf:
-                if not m.isfile():
+        with open(tar_path, "rb") as f:
+            for m in iter_members(f):
+                if m.kind != "file" or not m.ext:
                     continue
-                base = os.path.basename(m.name)
-                if "." not in base:
-                    continue
-                key, ext = base.split(".", 1)
-                key = os.path.join(os.path.dirname(m.name), key)
-                samples.setdefault(key, {})[ext.lower()] = tf.extractfile(m).read()
-    except (OSError, tarfile.TarError) as e:
+                samples.setdefault(m.key, {})[m.ext] = m.read()
+    except (OSError, EOFError, tarfile.TarError) as e:
         raise EvalSetError(f"{tar_path}: not a readable tar shard ({e})") from e
     return samples
 
@@ -239,11 +237,12 @@ def load_clip_benchmark_wds(root: str, name: str | None = None, split: str = "te
 
 def load_annotated_shards(path: str, name: str | None = None, captions: str = "both") -> RetrievalSet:
     """Retrieval set from annotated shards; ``captions`` ∈ {"both", "source", "mllm"}."""
+    from grain import storage
     from grain.schema import STATUS_OK, read_table
 
     if captions not in ("both", "source", "mllm"):
         raise ValueError(f"captions must be 'both', 'source' or 'mllm', got {captions!r}")
-    files = [path] if os.path.isfile(path) else sorted(glob.glob(os.path.join(path, "*.parquet")))
+    files = storage.list_shards(path)[0]  # committed shards only where markers exist
     if not files:
         raise EvalSetError(f"{path}: no .parquet shards")
     fields = {"both": ("source_caption", "mllm_caption"), "source": ("source_caption",), "mllm": ("mllm_caption",)}[captions]

@@ -59,13 +59,14 @@ def _manifest_entries(doc, where: str) -> tuple[list[str], str | None]:
 
 
 def resolve_shards(refs: str | Sequence[str]) -> list[str]:
-    """Expand manifest / list file / folder / shard references into Parquet shard paths (see module doc)."""
-    import fsspec
+    """Expand manifest / list file / folder / shard references into Parquet shard paths (see module doc).
+    Folders are listed by ``grain.storage.list_shards`` (committed shards only where markers exist)."""
+    from grain import storage
 
     refs = [refs] if isinstance(refs, str) else list(refs)
     out: list[str] = []
     for ref in refs:
-        fs, path = fsspec.core.url_to_fs(ref)
+        fs, path = storage.open_fs(ref)
         if ref.endswith(".json"):
             with fs.open(path, "r") as f:
                 entries, root = _manifest_entries(json.load(f), ref)
@@ -77,10 +78,10 @@ def resolve_shards(refs: str | Sequence[str]) -> list[str]:
             base = os.path.dirname(os.path.abspath(ref)) if not _is_uri(ref) else ref.rsplit("/", 1)[0]
             out += resolve_shards([_join(base, p) for p in lines])
         elif fs.isdir(path):
-            found = sorted(fs.glob(f"{path.rstrip('/')}/*.parquet"))
+            found, _ = storage.list_shards(ref)
             if not found:
-                raise FileNotFoundError(f"{ref}: folder has no *.parquet shards")
-            out += [fs.unstrip_protocol(p) if _is_uri(ref) else p for p in found]
+                raise FileNotFoundError(f"{ref}: folder has no (committed) *.parquet shards")
+            out += found
         elif fs.exists(path):
             out.append(ref)
         else:
@@ -90,12 +91,13 @@ def resolve_shards(refs: str | Sequence[str]) -> list[str]:
 
 def load_training_texts(refs: str | Sequence[str]) -> list[str]:
     """All captions and descriptions of ok rows in the referenced shards (error rows carry no text)."""
-    import fsspec
     import pyarrow.parquet as pq
+
+    from grain import storage
 
     texts: list[str] = []
     for shard in resolve_shards(refs):
-        fs, path = fsspec.core.url_to_fs(shard)
+        fs, path = storage.open_fs(shard)
         try:
             with fs.open(path, "rb") as f:
                 schema_names = pq.read_schema(f).names

@@ -51,6 +51,21 @@ class EvalConfig:
         return cls(**d)
 
 
+def read_run_file(path: str) -> dict:
+    """The EvalConfig fields of a YAML run file: its ``eval:`` section, else the whole file (a mapping).
+    ValueError naming ``path`` when it cannot be read or is not a mapping."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"{path}: not a readable YAML run file ({e})") from e
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: expected a mapping of EvalConfig fields")
+    return doc.get("eval", doc)
+
+
 def _resolve_dataset(ref: str, build_missing: bool) -> str:
     if os.path.exists(os.path.expanduser(ref)):
         return ref

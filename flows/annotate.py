@@ -42,7 +42,7 @@ def is_url_list(path: str) -> bool:
 @task(retries=2, retry_delay_seconds=30, log_prints=True)
 def download_url_list(url_list: str, output: str, url_col: str = "url", caption_col: str = "caption") -> str:
     """img2dataset (own venv, subprocess) → webdataset shards in ``output``; retried on failure."""
-    from infra.img2dataset_env import download_url_list as download
+    from annotators.img2dataset_env import download_url_list as download
 
     tars = download(url_list, output, url_col=url_col, caption_col=caption_col,
                     log_path=os.path.join(output, "img2dataset.log"))
@@ -80,18 +80,13 @@ def _count_inputs(inputs: list) -> int:
 
 
 def list_parquet(output: str) -> list[str]:
-    """Sorted ``*.parquet`` locations directly under ``output`` (local path or URI), markers excluded.
-
-    Called after the stage returned, so every shard there is complete (local writes are renamed into
-    place, object-store writes are all-or-nothing); fixture shards without markers count too."""
-    fs, path = storage.open_fs(output)
+    """Sorted committed ``*.parquet`` shards directly under ``output`` (local path or URI), through
+    ``grain.storage.list_shards`` (its commit rule: fixture shards without any marker count too);
+    [] while ``output`` does not exist."""
     try:
-        names = fs.ls(path, detail=False)
+        return storage.list_shards(output)[0]
     except FileNotFoundError:
         return []
-    local = storage.is_local(output)
-    proto = storage.protocol_of(output)
-    return sorted(n if local else f"{proto}://{n}" for n in map(str, names) if n.endswith(".parquet"))
 
 
 def shard_box_stats(parquet_uri: str) -> dict:

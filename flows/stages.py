@@ -59,10 +59,9 @@ EVAL_DEFAULTS = {"datasets": ["emoji-google-animals"], "limit": 200}  # 130 clas
 
 def eval_config(config: str | None, overrides: Mapping | None = None):
     """``evaluation.runner.EvalConfig`` from a run file (``eval:`` section or flat) + top-level overrides."""
-    from evaluation.cli import _load_yaml
-    from evaluation.runner import EvalConfig
+    from evaluation.runner import EvalConfig, read_run_file
 
-    data = dict(_load_yaml(config)) if config else dict(EVAL_DEFAULTS)
+    data = dict(read_run_file(config)) if config else dict(EVAL_DEFAULTS)
     for key, value in flatten_overrides(overrides).items():
         if "." in key:
             raise ValueError(f"evaluation override {key!r}: EvalConfig keys are flat (e.g. limit, datasets)")

@@ -1,7 +1,8 @@
 """Box conversions and overlaps (after DETR's util/box_ops.py).
 
 Formats: ``cxcywh`` = (centre x, centre y, width, height), ``xyxy`` = (x1, y1, x2, y2); both
-normalised to [0, 1] inside ``grain/``. Every function takes [..., 4] tensors and computes in the
+normalised to [0, 1] inside ``grain/``. The one IoU/NMS of the project: the annotation stage's
+per-description NMS (``nms_per_label``) uses ``box_iou`` too. Every function takes [..., 4] tensors and computes in the
 input dtype except the overlaps, which work in float32 (stable under bf16 autocast).
 """
 
@@ -67,3 +68,19 @@ def elementwise_generalized_box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.T
     iou = inter / union.clamp(min=_EPS)
     hull = (torch.max(a[..., 2:], b[..., 2:]) - torch.min(a[..., :2], b[..., :2])).clamp(min=0).prod(-1)
     return iou - (hull - union) / hull.clamp(min=_EPS)
+
+
+def nms_per_label(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, iou: float) -> torch.Tensor:
+    """Greedy NMS within each label: xyxy ``boxes`` [N, 4], ``scores`` [N], ``labels`` [N] → kept indices
+    (long [K]) sorted by descending score. A box is dropped when it overlaps a kept, higher-scoring box of
+    its own label with IoU > ``iou``. Plain torch (torchvision's op is missing on the CPU environment)."""
+    order = torch.argsort(scores, descending=True)
+    keep: list[int] = []
+    suppressed = torch.zeros(len(scores), dtype=torch.bool)
+    ious, _ = box_iou(boxes, boxes)
+    for i in order.tolist():
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        suppressed |= (ious[i] > iou) & (labels == labels[i])
+    return torch.tensor(keep, dtype=torch.long)

@@ -19,8 +19,8 @@ A *sample* is ``{"image": Tensor[3,S,S], "caption": str, "descriptions": list[st
 
 from __future__ import annotations
 
+import hashlib
 import io
-import random
 import warnings
 from collections.abc import Mapping, Sequence
 
@@ -102,29 +102,60 @@ def preprocess_image(image: Image.Image | bytes, size: int, max_pixels: int = DE
     return (x - mean) / std
 
 
-def choose_caption(row: Mapping, rng: random.Random | None = None) -> str:
-    """METHOD §3: the alt-text or the MLLM caption, 50/50 each time a sample is loaded; whichever
-    exists when one is missing; "" when neither does."""
-    options = [c for c in (row.get("source_caption"), row.get("mllm_caption")) if c]
-    if not options:
-        return ""
-    return options[0] if len(options) == 1 else (rng or random).choice(options)
+def use_alt_text(seed: int, epoch: int, key: str, alt_text_prob: float = 0.5) -> bool:
+    """The caption draw of METHOD §3 as a pure function of (seed, epoch, key): stable across processes
+    and resumes (Python's ``hash`` is salted per process; a global RNG would depend on load order)."""
+    h = hashlib.blake2b(f"{int(seed)}/{int(epoch)}/{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") / 2.0**64 < alt_text_prob
 
 
-def sample_from_row(row: Mapping, cfg: ModelConfig, rng: random.Random | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
-    """An ok shard row (``grain.schema``) → a training sample (image decoded and preprocessed,
-    caption chosen by ``choose_caption``, top-``cfg.max_target_boxes`` boxes by score)."""
+def choose_caption(row: Mapping, seed: int = 0, epoch: int = 0, alt_text_prob: float = 0.5) -> str | None:
+    """METHOD §3: the alt-text or the MLLM caption, drawn per (seed, epoch, key) with P(alt-text) =
+    ``alt_text_prob`` (0.5: 50/50 each time a sample is loaded); whichever exists when only one does
+    (stripped); None when neither does."""
+    alt = (row.get("source_caption") or "").strip()
+    mllm = (row.get("mllm_caption") or "").strip()
+    if alt and mllm:
+        return alt if use_alt_text(seed, epoch, row.get("key"), alt_text_prob) else mllm
+    return alt or mllm or None
+
+
+def top_boxes(boxes, scores, desc_index, k: int) -> tuple[list, list]:
+    """The ``k`` highest-scoring boxes (normalised xyxy, unchanged) and their description indices.
+
+    Shards store boxes sorted by score; sorting again (stable, descending) is correct for any writer.
+    Raises ValueError when the three lists differ in length."""
+    boxes, scores, desc_index = boxes or [], scores or [], desc_index or []
+    if not (len(boxes) == len(scores) == len(desc_index)):
+        raise ValueError(f"boxes/box_scores/box_desc_index lengths differ: {len(boxes)}, {len(scores)}, {len(desc_index)}")
+    order = sorted(range(len(boxes)), key=lambda i: -float(scores[i]))[: max(0, k)]
+    return [[float(c) for c in boxes[i]] for i in order], [int(desc_index[i]) for i in order]
+
+
+def sample_from_row(row: Mapping, cfg: ModelConfig, *, seed: int = 0, epoch: int = 0, alt_text_prob: float = 0.5,
+                    max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
+    """An ok shard row (``grain.schema``) → a training sample: image decoded (``decode_image``) and
+    squash-resized to ``cfg.image_size``, caption drawn by ``choose_caption(row, seed, epoch)``, the
+    top-``cfg.max_target_boxes`` boxes by score (``top_boxes``). The one row → sample of the project
+    (the trainer, the benchmarks and the tests use it).
+
+    Raises ValueError naming the key for a row that is not ok, has no caption at all, or whose image
+    does not decode (``ImageDecodeError`` is a ValueError)."""
+    key = row.get("key")
     if row.get("status", "ok") != "ok":
-        raise ValueError(f"row {row.get('key')!r} has status {row.get('status')!r}: only ok rows are samples")
-    image = decode_image(row["image"], max_pixels=max_pixels, name=f"row {row.get('key')!r}")
-    k = cfg.max_target_boxes
+        raise ValueError(f"row {key!r} has status {row.get('status')!r}: only ok rows are samples")
+    caption = choose_caption(row, seed, epoch, alt_text_prob)
+    if caption is None:
+        raise ValueError(f"row {key!r}: neither source_caption nor mllm_caption is present")
+    image = decode_image(row.get("image"), max_pixels=max_pixels, name=f"row {key!r}")
+    boxes, box_desc = top_boxes(row.get("boxes"), row.get("box_scores"), row.get("box_desc_index"), cfg.max_target_boxes)
     return {
-        "key": row.get("key"),
+        "key": key,
         "image": preprocess_image(image, cfg.image_size),
-        "caption": choose_caption(row, rng),
+        "caption": caption,
         "descriptions": list(row.get("descriptions") or []),
-        "boxes_xyxy": [list(b) for b in (row.get("boxes") or [])[:k]],  # rows are sorted by score
-        "box_desc": list(row.get("box_desc_index") or [])[:k],
+        "boxes_xyxy": boxes,
+        "box_desc": box_desc,
     }
 
 

@@ -8,6 +8,7 @@ URI. This module is pure Python on top of fsspec and pyarrow.fs (no Ray, Prefect
     with atomic_open(join(out, "shard-00000.parquet")) as f:   # written, then committed
         pq.write_table(table, f)
     for uri in list_committed(out): ...                     # readers see committed entries only
+    shards, uncommitted = list_shards(out)                   # the one listing of annotated shards
 
 Commit protocol (why and how)
 -----------------------------
@@ -333,3 +334,31 @@ def list_uncommitted(prefix: str, storage_options: Mapping | None = None) -> lis
         for n in sorted(names)
         if not n.endswith(MARKER_SUFFIX) and n + MARKER_SUFFIX not in names and not posixpath.basename(n).startswith(".")
     ]
+
+
+def list_shards(path: str, suffix: str = ".parquet", recursive: bool = False,
+                storage_options: Mapping | None = None) -> tuple[list[str], list[str]]:
+    """``(shards, uncommitted)``: the shard files (``*suffix``) under ``path``, the one listing every stage
+    uses (the trainer's index, the evaluation's training-text reader, the flows' reports).
+
+    ``path`` is a folder (one level, or every level with ``recursive``) or one shard file; local path or
+    URI (the S3 endpoint of the environment applies). Commit rule: when any ``<shard>.done`` marker is
+    present, only committed shards are listed and the others come back as ``uncommitted`` (a writer
+    still busy, or one that crashed); a folder without any marker (shards written by a tool that does
+    not use the protocol, e.g. ``grain.schema.write_fixture_shards``) lists every shard. Both lists are
+    sorted caller-facing locations (plain paths stay plain, URIs keep their protocol). A missing ``path``
+    raises FileNotFoundError naming it."""
+    fs, root = open_fs(path, storage_options)
+    fs.invalidate_cache(root)  # listings are cached by s3fs; a writer elsewhere may have committed
+    if not fs.exists(root):
+        raise FileNotFoundError(f"{path}: not found (no shard file or folder there)")
+    if fs.isfile(root):
+        return [_to_uri(path, fs, root)], []
+    found = fs.find(root) if recursive else fs.ls(root, detail=False)
+    names = {str(n).rstrip("/") for n in found}
+    files = sorted(n for n in names if n.endswith(suffix) and not posixpath.basename(n).startswith("."))
+    if not any(n.endswith(suffix + MARKER_SUFFIX) for n in names):
+        return [_to_uri(path, fs, n) for n in files], []
+    done = [n for n in files if n + MARKER_SUFFIX in names]
+    pending = [n for n in files if n + MARKER_SUFFIX not in names]
+    return [_to_uri(path, fs, n) for n in done], [_to_uri(path, fs, n) for n in pending]

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create img2dataset's own environment ($GRAIN_CACHE/img2dataset-venv); idempotent. See infra/img2dataset_env.py.
+# Create img2dataset's own environment ($GRAIN_CACHE/img2dataset-venv); idempotent. See annotators/img2dataset_env.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec "${PYTHON:-.venv/bin/python}" -m infra.img2dataset_env ensure
+exec "${PYTHON:-.venv/bin/python}" -m annotators.img2dataset_env ensure

@@ -62,7 +62,7 @@ def ray_local():
 @pytest.fixture(scope="session")
 def tiny_models():
     """Paths of the tiny random-weight checkpoints (built once, cached)."""
-    from annotators.tiny_models import ensure_tiny_models
+    from grain.tiny_models import ensure_tiny_models
 
     return ensure_tiny_models()
 

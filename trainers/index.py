@@ -21,27 +21,18 @@ from grain.schema import COLUMNS, STATUS_OK
 
 
 def list_shards(path: str) -> tuple[list[str], list[str]]:
-    """(shards to train on, uncommitted shards ignored) under ``path`` (a directory or one file).
+    """(shards to train on, uncommitted shards ignored) under ``path`` (a directory, searched at every
+    level, or one file), through ``grain.storage.list_shards``: when the directory uses the commit
+    protocol (any ``*.parquet.done`` marker), a shard still being written is never trained on.
 
-    Paths are inside the filesystem of ``path`` (``grain.storage.pyarrow_fs``). When the directory
-    uses the commit protocol of ``grain.storage`` (any ``*.parquet.done`` marker present), only
-    committed shards are read: a shard still being written is never trained on.
-    """
-    fs, inner = storage.open_fs(path)
-    if not fs.exists(inner):
-        raise FileNotFoundError(f"training data not found: {path}")
-    if fs.isfile(inner):
-        return [inner], []
-    found = sorted(fs.find(inner))
-    files = [f for f in found if f.endswith(".parquet")]
-    markers = {f[: -len(storage.MARKER_SUFFIX)] for f in found if f.endswith(".parquet" + storage.MARKER_SUFFIX)}
-    ignored = []
-    if markers:
-        ignored = [f for f in files if f not in markers]
-        files = [f for f in files if f in markers]
+    Paths are inside the filesystem of ``path`` (``grain.storage.pyarrow_fs``)."""
+    try:
+        files, ignored = storage.list_shards(path, ".parquet", recursive=True)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"training data not found: {e}") from None
     if not files:
         raise FileNotFoundError(f"no (committed) *.parquet shards under training data path {path}")
-    return files, ignored
+    return [storage.open_fs(f)[1] for f in files], [storage.open_fs(f)[1] for f in ignored]
 
 
 @dataclass

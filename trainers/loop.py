@@ -25,7 +25,7 @@ import torch
 
 from trainers.config import from_dict
 from trainers.plan import epoch_batches
-from trainers.samples import BatchStream, ShardReader, collate_trimmed, row_to_sample
+from trainers.samples import BatchStream, ShardReader, collate_trimmed
 from trainers.state import load_state, save_state, set_rng_state, step_seed, unwrap
 
 
@@ -56,6 +56,7 @@ def train_loop(loop_config: dict, session=None) -> None:
     writes metrics; None: a temp directory on rank 0's node), ``log_uri`` (remote output: rank 0
     continues the metrics found there and uploads its logs at each checkpoint and at the end),
     ``keys_dir``, optional ``resume_from`` (a checkpoint directory)."""
+    from grain.data import sample_from_row
     from grain.losses import GrainLoss
     from grain.model import build_model
     from trainers.metrics import MetricsLogger
@@ -124,9 +125,8 @@ def train_loop(loop_config: dict, session=None) -> None:
                                     cfg.data.shuffle_window, n_steps=spe, start_step=j0)
             stream = BatchStream(
                 batches, reader,
-                to_sample=lambda row, _e=epoch: row_to_sample(row, seed=cfg.seed, epoch=_e, image_size=image_size,
-                                                             max_boxes=mcfg.max_target_boxes,
-                                                             alt_text_prob=cfg.data.alt_text_prob),
+                to_sample=lambda row, _e=epoch: sample_from_row(row, mcfg, seed=cfg.seed, epoch=_e,
+                                                                alt_text_prob=cfg.data.alt_text_prob),
                 collate=lambda samples: collate_trimmed(samples, mcfg),
                 threads=cfg.data.decode_threads, prefetch=cfg.data.prefetch_batches)
             try:

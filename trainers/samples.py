@@ -1,14 +1,13 @@
-"""Annotated row → training sample (METHOD.md §1, §3, §4), and the worker's prefetching batch stream.
+"""The worker's data path: shard rows read by row group, turned into samples and collated ahead of
+the step (METHOD.md §1, §3, §4).
 
-A sample is ``grain.data.make_batch``'s input: ``{"image": Tensor[3,S,S], "caption": str,
-"descriptions": list[str], "boxes_xyxy": [[x1,y1,x2,y2], ...] (normalised xyxy, top-k by score),
-"box_desc": [int, ...]}`` plus ``"key"``. The xyxy → cxcywh conversion is make_batch's (grain/),
-not repeated here; squash-resize keeps normalised coordinates, so no other mapping exists.
+Row → sample is ``grain.data.sample_from_row`` (caption drawn per (seed, epoch, key), top-k boxes by
+score); a sample is ``grain.data.make_batch``'s input, and the xyxy → cxcywh conversion is
+make_batch's: squash-resize keeps normalised coordinates, so no other mapping exists.
 """
 
 from __future__ import annotations
 
-import hashlib
 import queue
 import threading
 import time
@@ -20,58 +19,6 @@ import pyarrow.parquet as pq
 
 # What a sample needs; "status" is already filtered by the index, "image_*" sizes are not needed.
 READ_COLUMNS = ["key", "image", "source_caption", "mllm_caption", "descriptions", "boxes", "box_scores", "box_desc_index"]
-
-
-def use_alt_text(seed: int, epoch: int, key: str, alt_text_prob: float = 0.5) -> bool:
-    """The 50/50 caption draw as a pure function of (seed, epoch, key): stable across processes and resumes.
-
-    (Python's ``hash`` is salted per process, and a global RNG would depend on load order.)
-    """
-    h = hashlib.blake2b(f"{int(seed)}/{int(epoch)}/{key}".encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") / 2.0**64 < alt_text_prob
-
-
-def choose_caption(row: dict, seed: int, epoch: int, alt_text_prob: float = 0.5) -> str | None:
-    """Alt-text or MLLM caption, drawn per (seed, epoch, key); the one that exists when only one does."""
-    alt = (row.get("source_caption") or "").strip()
-    mllm = (row.get("mllm_caption") or "").strip()
-    if alt and mllm:
-        return alt if use_alt_text(seed, epoch, row["key"], alt_text_prob) else mllm
-    return alt or mllm or None
-
-
-def top_boxes(boxes: list, scores: list, desc_index: list, k: int) -> tuple[list, list]:
-    """The ``k`` highest-scoring boxes (normalised xyxy, unchanged) and their description indices.
-
-    Shards store boxes sorted by score; sorting again (stable, descending) makes the trainer correct
-    for any writer."""
-    boxes, scores, desc_index = boxes or [], scores or [], desc_index or []
-    if not (len(boxes) == len(scores) == len(desc_index)):
-        raise ValueError(f"boxes/box_scores/box_desc_index lengths differ: {len(boxes)}, {len(scores)}, {len(desc_index)}")
-    order = sorted(range(len(boxes)), key=lambda i: -float(scores[i]))[: max(0, k)]
-    return [[float(c) for c in boxes[i]] for i in order], [int(desc_index[i]) for i in order]
-
-
-def row_to_sample(row: dict, *, seed: int, epoch: int, image_size: int, max_boxes: int, alt_text_prob: float = 0.5) -> dict:
-    """One ok row → a sample. Raises ValueError (naming the key) for an undecodable image or no caption."""
-    from grain.data import preprocess_image
-
-    caption = choose_caption(row, seed, epoch, alt_text_prob)
-    if caption is None:
-        raise ValueError(f"row {row['key']!r}: neither source_caption nor mllm_caption is present")
-    try:
-        image = preprocess_image(row["image"], image_size)
-    except Exception as e:  # decode failures of PIL come as many types; name the row
-        raise ValueError(f"row {row['key']!r}: image does not decode ({type(e).__name__}: {e})") from e
-    boxes, box_desc = top_boxes(row.get("boxes"), row.get("box_scores"), row.get("box_desc_index"), max_boxes)
-    return {
-        "key": row["key"],
-        "image": image,
-        "caption": caption,
-        "descriptions": list(row.get("descriptions") or []),
-        "boxes_xyxy": boxes,
-        "box_desc": box_desc,
-    }
 
 
 def trim_token_padding(tokens):

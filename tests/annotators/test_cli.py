@@ -19,7 +19,7 @@ def test_help_lists_the_options(capsys):
 
 
 def test_grain_dispatcher_and_module_entry_point(capsys):
-    from grain.cli import main as grain_main
+    from infra.cli import main as grain_main
 
     with pytest.raises(SystemExit) as e:
         grain_main(["annotate", "--help"])

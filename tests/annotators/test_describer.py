@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 
 from annotators.describer import DescriberOutput, is_engine_dead
-from annotators.parse import parse_mllm_output
-from annotators.prompts import REQUEST_BUILDERS, detect_family, resolve_profile
+from grain.parse import parse_mllm_output
+from annotators.pipeline import resolve_profile
+from annotators.prompts import REQUEST_BUILDERS, detect_family
 
 
 def test_detect_family(tiny_models, tmp_path):

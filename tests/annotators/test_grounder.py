@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from annotators.grounder import Grounder, GroundingOutput, box_iou, nms_per_label, unpad_boxes, valid_boxes
+from annotators.grounder import Grounder, GroundingOutput, unpad_boxes, valid_boxes
+from grain.box_ops import box_iou
 
 
 def test_unpad_landscape_known_numbers():
@@ -33,21 +34,6 @@ def test_box_in_padding_is_dropped():
 def test_square_image_is_identity():
     b = torch.tensor([[0.3, 0.4, 0.2, 0.4]])
     assert torch.allclose(unpad_boxes(b, 64, 64), torch.tensor([[0.2, 0.2, 0.4, 0.6]]))
-
-
-def test_nms_per_label_matches_brute_force():
-    g = torch.Generator().manual_seed(0)
-    xy = torch.rand(60, 2, generator=g) * 0.7
-    boxes = torch.cat([xy, xy + 0.05 + torch.rand(60, 2, generator=g) * 0.3], 1)
-    scores, labels = torch.rand(60, generator=g), torch.randint(0, 3, (60,), generator=g)
-    keep = nms_per_label(boxes, scores, labels, 0.4).tolist()
-    assert scores[keep].tolist() == sorted(scores[keep].tolist(), reverse=True)
-    iou = box_iou(boxes, boxes)
-    for i in range(60):  # every dropped box overlaps a kept, higher-scoring box of its own label
-        if i not in keep:
-            assert any(labels[k] == labels[i] and iou[i, k] > 0.4 and scores[k] >= scores[i] for k in keep)
-    for a in keep:  # no two kept boxes of one label overlap above the threshold
-        assert not any(b != a and labels[a] == labels[b] and iou[a, b] > 0.4 for b in keep)
 
 
 def _check_output(o: GroundingOutput, n_desc: int, threshold: float, max_boxes: int = 50):
@@ -116,7 +102,7 @@ def test_threshold_max_boxes_and_nms(tiny_grounder, photos):
     assert s.scores == pytest.approx(b.scores[: len(s.scores)], abs=1e-6)  # a stricter run keeps the top of the list
     _check_output(n, 3, 0.3)
     assert len(n.scores) <= len(b.scores)
-    iou = box_iou(torch.tensor(n.boxes_xyxy_norm), torch.tensor(n.boxes_xyxy_norm))
+    iou, _ = box_iou(torch.tensor(n.boxes_xyxy_norm), torch.tensor(n.boxes_xyxy_norm))
     for i in range(len(n.scores)):
         for j in range(i + 1, len(n.scores)):
             assert not (n.desc_index[i] == n.desc_index[j] and iou[i, j] > 0.5)

@@ -15,8 +15,8 @@ from annotators.readers import (
     decode_caption,
     discover_shards,
     read_shard,
-    unsafe_member_reason,
 )
+from grain.webdataset import unsafe_member_reason
 
 
 def _tar(path, members):

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from evaluation import bench_grounding as bg
+from benchmarks import bench_grounding as bg
 
 
 def _write(tmp_path, text):

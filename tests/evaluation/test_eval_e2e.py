@@ -34,7 +34,7 @@ def setup(tmp_path_factory):
 
 
 def test_grain_eval_writes_json_markdown_png(setup):
-    from grain.cli import main
+    from infra.cli import main
 
     root, ckpt, sets, shards = setup
     (root / "eval.yaml").write_text("eval:\n  templates: ['a photo of a {}.', 'an icon of a {}.']\n  batch_size: 8\n")
@@ -62,7 +62,7 @@ def test_grain_eval_writes_json_markdown_png(setup):
 
 
 def test_grain_eval_bad_dataset_is_named(setup, capsys):
-    from grain.cli import main
+    from infra.cli import main
 
     root, ckpt, _, _ = setup
     assert main(["eval", "--checkpoint", ckpt, "--dataset", str(root / "nope"), "--output", str(root / "x")]) == 2
@@ -72,7 +72,7 @@ def test_grain_eval_bad_dataset_is_named(setup, capsys):
 def test_embed_and_ground(setup):
     import pyarrow.parquet as pq
 
-    from grain.cli import main
+    from infra.cli import main
 
     root, ckpt, sets, _ = setup
     assert main(["embed", "--checkpoint", ckpt, "--images", sets["flags"], "--output", str(root / "img.npy")]) == 0

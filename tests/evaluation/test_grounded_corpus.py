@@ -95,9 +95,8 @@ def _digest(folder):
 
 def test_corpus_shards_follow_the_schema_are_reproducible_and_train(tmp_path, objects):
     from grain.config import ModelConfig
-    from grain.data import make_batch
+    from grain.data import make_batch, sample_from_row
     from grain.schema import read_table
-    from trainers.samples import row_to_sample
 
     spec = gc.CorpusSpec(images=12, shard_size=5, row_group_size=2, seed=3)
     emoji, stamps = objects[:4], objects[4:]
@@ -118,7 +117,7 @@ def test_corpus_shards_follow_the_schema_are_reproducible_and_train(tmp_path, ob
         img = Image.open(io.BytesIO(r["image"]))
         assert img.size == (r["image_width"], r["image_height"]) == (128, 128)
     cfg = ModelConfig.preset("tiny")
-    samples = [row_to_sample(r, seed=0, epoch=0, image_size=cfg.image_size, max_boxes=cfg.max_target_boxes) for r in rows[:4]]
+    samples = [sample_from_row(r, cfg) for r in rows[:4]]
     batch = make_batch(samples, cfg)
     assert batch["images"].shape == (4, 3, 64, 64)
     assert batch["target_boxes"].shape[0] == sum(len(r["boxes"]) for r in rows[:4])

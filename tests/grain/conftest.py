@@ -1,7 +1,5 @@
 """Shared tiny-model fixtures for the grain tests: one synthetic batch, built once."""
 
-import random
-
 import pytest
 import torch
 
@@ -28,7 +26,7 @@ def tiny_batch(fixture_rows, tiny_cfg):
     """A batch of the 16 rows with each row's alt-text as caption (deterministic)."""
     samples = []
     for r in fixture_rows:
-        s = sample_from_row(r, tiny_cfg, random.Random(0))
+        s = sample_from_row(r, tiny_cfg)
         s["caption"] = r["source_caption"]
         samples.append(s)
     return make_batch(samples, tiny_cfg)
@@ -39,7 +37,7 @@ def small_batch(fixture_rows, tiny_cfg):
     """The first 4 rows only (cheaper backward passes; 9 boxes, descriptions repeated across images)."""
     samples = []
     for r in fixture_rows[:4]:
-        s = sample_from_row(r, tiny_cfg, random.Random(0))
+        s = sample_from_row(r, tiny_cfg)
         s["caption"] = r["source_caption"]
         samples.append(s)
     return make_batch(samples, tiny_cfg)

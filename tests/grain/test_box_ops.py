@@ -51,3 +51,18 @@ def test_iou_known_value():
     b = torch.tensor([[0.25, 0.25, 0.75, 0.75]])
     iou, _ = box_ops.box_iou(a, b)
     assert abs(iou.item() - 0.0625 / (0.25 + 0.25 - 0.0625)) < 1e-6
+
+
+def test_nms_per_label_matches_brute_force():
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(60, 2, generator=g) * 0.7
+    boxes = torch.cat([xy, xy + 0.05 + torch.rand(60, 2, generator=g) * 0.3], 1)
+    scores, labels = torch.rand(60, generator=g), torch.randint(0, 3, (60,), generator=g)
+    keep = box_ops.nms_per_label(boxes, scores, labels, 0.4).tolist()
+    assert scores[keep].tolist() == sorted(scores[keep].tolist(), reverse=True)
+    iou, _ = box_ops.box_iou(boxes, boxes)
+    for i in range(60):  # every dropped box overlaps a kept, higher-scoring box of its own label
+        if i not in keep:
+            assert any(labels[k] == labels[i] and iou[i, k] > 0.4 and scores[k] >= scores[i] for k in keep)
+    for a in keep:  # no two kept boxes of one label overlap above the threshold
+        assert not any(b != a and labels[a] == labels[b] and iou[a, b] > 0.4 for b in keep)

@@ -1,7 +1,6 @@
-"""grain.data: decoding (limits, EXIF), preprocessing, caption choice, collation."""
+"""grain.data: decoding (limits, EXIF), preprocessing, caption draw, row → sample, collation."""
 
 import io
-import random
 
 import numpy as np
 import pytest
@@ -19,6 +18,8 @@ from grain.data import (
     decode_image,
     make_batch,
     preprocess_image,
+    sample_from_row,
+    use_alt_text,
 )
 
 
@@ -69,13 +70,33 @@ def test_preprocess_squash_and_normalise():
     assert col[:14].min() > 1.5 and col[18:].max() < -1.5
 
 
-def test_choose_caption():
-    row = {"source_caption": "alt", "mllm_caption": "dense"}
-    rng = random.Random(0)
-    picks = [choose_caption(row, rng) for _ in range(200)]
-    assert 60 < picks.count("alt") < 140 and set(picks) == {"alt", "dense"}
-    assert choose_caption({"source_caption": None, "mllm_caption": "dense"}) == "dense"
-    assert choose_caption({}) == ""
+def test_caption_draw_is_a_function_of_seed_epoch_key():
+    keys = [f"k{i}" for i in range(400)]
+    a = [use_alt_text(0, 1, k) for k in keys]
+    assert a == [use_alt_text(0, 1, k) for k in keys]  # same inputs, same draw (no process salt)
+    assert 0.4 < np.mean(a) < 0.6  # ~50/50
+    assert a != [use_alt_text(0, 2, k) for k in keys]  # a new epoch redraws
+    assert a != [use_alt_text(1, 1, k) for k in keys]  # so does a new seed
+    row = {"key": "x", "source_caption": "alt", "mllm_caption": "mllm"}
+    picks = {choose_caption(row, 0, e) for e in range(20)}
+    assert picks == {"alt", "mllm"}
+    assert choose_caption({"key": "x", "source_caption": None, "mllm_caption": "m"}, 0, 0) == "m"
+    assert choose_caption({"key": "x", "source_caption": " a ", "mllm_caption": ""}, 0, 0) == "a"
+    assert choose_caption({"key": "x", "source_caption": None, "mllm_caption": None}, 0, 0) is None
+
+
+def test_sample_from_row_refuses_rows_that_cannot_train():
+    cfg = ModelConfig.preset("tiny")
+    ok = {"key": "k1", "image": _png(40, 30), "source_caption": "alt", "mllm_caption": "dense",
+          "descriptions": ["a"], "boxes": [[0.1, 0.1, 0.5, 0.5]], "box_scores": [0.9], "box_desc_index": [0]}
+    s = sample_from_row(ok, cfg, seed=0, epoch=3)
+    assert s["key"] == "k1" and s["image"].shape == (3, 64, 64) and s["caption"] == choose_caption(ok, 0, 3)
+    with pytest.raises(ValueError, match="'k2' has status 'decode_error'"):
+        sample_from_row({**ok, "key": "k2", "status": "decode_error"}, cfg)
+    with pytest.raises(ValueError, match="'k3': neither source_caption nor mllm_caption"):
+        sample_from_row({**ok, "key": "k3", "source_caption": " ", "mllm_caption": None}, cfg)
+    with pytest.raises(ImageDecodeError, match="row 'k4'"):
+        sample_from_row({**ok, "key": "k4", "image": b"not an image"}, cfg)
 
 
 def test_make_batch_targets():

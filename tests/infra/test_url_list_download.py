@@ -11,7 +11,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from infra import img2dataset_env
+from annotators import img2dataset_env
 
 pytestmark = [
     pytest.mark.slow,

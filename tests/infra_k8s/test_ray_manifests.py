@@ -166,7 +166,7 @@ def test_rayjob_flags_exist_in_the_annotate_cli(k8s_docs):
         pytest.skip("annotators/cli.py has not landed yet")
     job = next(j for j in find_kind(k8s_docs, "RayJob") if j["spec"]["entrypoint"].startswith("grain annotate"))
     flags = {a.split("=")[0] for a in shlex.split(job["spec"]["entrypoint"]) if a.startswith("--")}
-    out = subprocess.run([sys.executable, "-m", "grain.cli", "annotate", "--help"], cwd=REPO,
+    out = subprocess.run([sys.executable, "-m", "infra.cli", "annotate", "--help"], cwd=REPO,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     missing = {f for f in flags if f not in out.stdout}

@@ -18,7 +18,7 @@ from PIL import Image
 
 from annotators.describer import DescriberOutput
 from annotators.grounder import GroundingOutput, unpad_boxes, valid_boxes
-from annotators.parse import MAX_CAPTION_CHARS, MAX_DESCRIPTIONS, parse_mllm_output
+from grain.parse import MAX_CAPTION_CHARS, MAX_DESCRIPTIONS, parse_mllm_output
 from annotators.pipeline import finalize_row
 from annotators.stages import DescribeStage, GroundStage, decode_batch, to_batch
 from grain.schema import to_table, validate_table

@@ -50,6 +50,24 @@ def test_uncommitted_entry_is_invisible(root):
     assert storage.join(root, "shard-2.parquet") not in storage.list_committed(root)
 
 
+def test_list_shards_commit_rule_folders_and_files(root):
+    """The one shard listing: all shards of a folder without markers; committed ones once any marker exists."""
+    storage.atomic_write_bytes(storage.join(root, "b.parquet"), b"b", commit=False)
+    storage.atomic_write_bytes(storage.join(root, "a.parquet"), b"a", commit=False)
+    storage.atomic_write_bytes(storage.join(root, "notes.txt"), b"n", commit=False)
+    storage.atomic_write_bytes(storage.join(root, "sub", "c.parquet"), b"c", commit=False)
+    # No marker anywhere (e.g. fixture shards): every shard of the level counts.
+    assert storage.list_shards(root) == ([storage.join(root, "a.parquet"), storage.join(root, "b.parquet")], [])
+    storage.commit(storage.join(root, "b.parquet"))
+    assert storage.list_shards(root) == ([storage.join(root, "b.parquet")], [storage.join(root, "a.parquet")])
+    deep, pending = storage.list_shards(root, recursive=True)
+    assert deep == [storage.join(root, "b.parquet")]
+    assert pending == [storage.join(root, "a.parquet"), storage.join(root, "sub", "c.parquet")]
+    assert storage.list_shards(storage.join(root, "a.parquet")) == ([storage.join(root, "a.parquet")], [])
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        storage.list_shards(storage.join(root, "nowhere"))
+
+
 def test_marker_without_data_is_not_committed(root):
     """A marker whose data object was deleted (e.g. by a lifecycle rule) does not count."""
     uri = storage.join(root, "gone.bin")

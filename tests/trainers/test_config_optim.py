@@ -64,17 +64,17 @@ def test_no_box_batch_trains_without_nan(boxless_shards):
     """A batch without any target box: L_box and L_rd are 0, L_ic trains, no NaN anywhere."""
     import numpy as np
 
-    from grain.data import make_batch
+    from grain.data import make_batch, sample_from_row
     from grain.losses import GrainLoss
     from grain.model import build_model
     from trainers.index import build_index
-    from trainers.samples import ShardReader, row_to_sample
+    from trainers.samples import ShardReader
 
     cfg = load_config(profile="tiny")
     mcfg, lcfg = cfg.model_config(), cfg.loss_config()
     index = build_index(boxless_shards)
     rows = ShardReader(index.root, index.files).read(np.array([[0, 0, i] for i in range(4)]))
-    batch = make_batch([row_to_sample(r, seed=0, epoch=0, image_size=mcfg.image_size, max_boxes=5) for r in rows], mcfg)
+    batch = make_batch([sample_from_row(r, mcfg) for r in rows], mcfg)
     assert batch["target_boxes"].shape == (0, 4)
     torch.manual_seed(0)
     model = build_model(mcfg)

@@ -1,4 +1,4 @@
-"""Data path of the trainer: caption draw, top-5 boxes in cxcywh, skipped rows, deterministic plan."""
+"""Data path of the trainer: top-5 boxes in cxcywh, skipped rows, deterministic plan (the caption draw: tests/grain/test_data.py)."""
 
 from __future__ import annotations
 
@@ -10,28 +10,13 @@ import pytest
 import torch
 
 from grain.config import ModelConfig
-from grain.data import make_batch
+from grain.data import make_batch, sample_from_row, top_boxes
 from grain.schema import FixtureSpec, empty_row, to_table, write_fixture_shards, write_table
 from trainers.index import build_index
 from trainers.plan import epoch_batches, rank_rows, steps_per_epoch
-from trainers.samples import BatchStream, ShardReader, choose_caption, row_to_sample, top_boxes, use_alt_text
+from trainers.samples import BatchStream, ShardReader
 
 TINY = ModelConfig.preset("tiny")
-
-
-def test_caption_draw_is_a_function_of_seed_epoch_key():
-    keys = [f"k{i}" for i in range(400)]
-    a = [use_alt_text(0, 1, k) for k in keys]
-    assert a == [use_alt_text(0, 1, k) for k in keys]  # same inputs, same draw (no process salt)
-    assert 0.4 < np.mean(a) < 0.6  # ~50/50
-    assert a != [use_alt_text(0, 2, k) for k in keys]  # a new epoch redraws
-    assert a != [use_alt_text(1, 1, k) for k in keys]  # so does a new seed
-    row = {"key": "x", "source_caption": "alt", "mllm_caption": "mllm"}
-    picks = {choose_caption(row, 0, e) for e in range(20)}
-    assert picks == {"alt", "mllm"}
-    assert choose_caption({"key": "x", "source_caption": None, "mllm_caption": "m"}, 0, 0) == "m"
-    assert choose_caption({"key": "x", "source_caption": " a ", "mllm_caption": ""}, 0, 0) == "a"
-    assert choose_caption({"key": "x", "source_caption": None, "mllm_caption": None}, 0, 0) is None
 
 
 def test_top5_by_score_then_cxcywh_in_the_batch():
@@ -48,7 +33,7 @@ def test_top5_by_score_then_cxcywh_in_the_batch():
     Image.new("RGB", (50, 30), (10, 200, 30)).save(buf, format="PNG")
     row = {"key": "r0", "image": buf.getvalue(), "source_caption": "alt", "mllm_caption": "m",
            "descriptions": ["a", "b", "c"], "boxes": boxes, "box_scores": scores, "box_desc_index": desc_idx}
-    s = row_to_sample(row, seed=0, epoch=0, image_size=TINY.image_size, max_boxes=5)
+    s = sample_from_row(row, TINY)
     assert s["image"].shape == (3, TINY.image_size, TINY.image_size)
     batch = make_batch([{k: v for k, v in s.items() if k != "key"}], TINY)
     x1, y1, x2, y2 = torch.tensor([boxes[i] for i in order]).unbind(1)
@@ -98,7 +83,7 @@ def test_batch_stream_replaces_and_counts_undecodable_rows(tmp_path):
     reader = ShardReader(index.root, index.files)
     plan = [np.array([[0, 0, 3], [0, 0, 0]]), np.array([[0, 0, 1], [0, 0, 2]])]
     stream = BatchStream(plan, reader,
-                         to_sample=lambda r: row_to_sample(r, seed=0, epoch=0, image_size=TINY.image_size, max_boxes=5),
+                         to_sample=lambda r: sample_from_row(r, TINY),
                          collate=lambda s: make_batch(s, TINY), threads=2, prefetch=1)
     out = list(stream)
     stream.close()

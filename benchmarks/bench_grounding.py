@@ -8,8 +8,9 @@
 2. Training corpus (evaluation.grounded_corpus): 2–4 objects per canvas (seen emoji + Tux Paint
    cut-outs whose names share no word with a held-out class), exact boxes, a caption naming every
    object, one description per object; shards in the annotation schema (grain.schema).
-3. Both arms train through the project's trainer (``trainers.run.run_training``) with identical run
-   configs except ``model.kind`` (grain | clip), for each seed.
+3. Both arms train through the project's trainer (``trainers.config.load_config`` →
+   ``trainers.run.run_training``) with identical run configs except ``model.kind`` (grain | clip), for
+   each seed.
 4. Each checkpoint is evaluated zero-shot (``evaluation.runner.run_eval``) on single-object canvases:
    ``<style>-<split>`` sets, e.g. ``twitter-seen`` (held-out style), ``google-unseen`` (held-out
    classes), ``twitter-unseen`` (both), ``google-seen`` (in-distribution reference); variants
@@ -47,7 +48,7 @@ SECTIONS = ("bench", "classes", "corpus", "eval", "train")
 def load_bench_config(path: str | os.PathLike, sets: list[str] | None = None) -> dict:
     """The bench YAML (sections ``bench``, ``classes``, ``corpus``, ``eval``, ``train``) with
     ``--set section.key=value`` overrides applied. Errors name the file and the bad key."""
-    from trainers.config import _merge, parse_set
+    from trainers.config import parse_set  # the trainer's `--set key=value` grammar (values as YAML scalars)
 
     p = Path(path)
     if not p.is_file():
@@ -62,13 +63,22 @@ def load_bench_config(path: str | os.PathLike, sets: list[str] | None = None) ->
     bad = sorted(set(over) - set(SECTIONS))
     if bad:
         raise ValueError(f"--set: unknown section(s) {bad}; use one of {list(SECTIONS)} (e.g. train.max_steps=10)")
-    cfg = _merge(cfg, over)
+    cfg = _merged(cfg, over)
     for s in SECTIONS:
         cfg.setdefault(s, {})
     if cfg["train"].get("model", {}).get("kind") not in (None, "grain"):
         raise ValueError(f"{p}: train.model.kind is set per arm; leave it out or set it to grain")
     cfg["_path"] = str(p)
     return cfg
+
+
+def _merged(base: dict, over: dict) -> dict:
+    """``over`` laid over ``base``, mapping by mapping (the bench's sections are plain YAML here; the
+    ``train`` section becomes a TrainConfig only through ``trainers.config.load_config``)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def parse_set_name(name: str) -> tuple[str, str]:

@@ -3,8 +3,8 @@
 img2dataset 1.47 pins pyarrow<16, pandas<3, webdataset<0.3 (and more) that clash with this stack,
 so it lives in ``$GRAIN_CACHE/img2dataset-venv`` (created on first use, or by ``infra/setup.sh``).
 
-    python -m infra.img2dataset_env ensure                    # create the environment
-    python -m infra.img2dataset_env download URL_LIST OUTPUT  # URL list (tsv/csv/parquet) → shards
+    python -m annotators.img2dataset_env ensure                    # create the environment
+    python -m annotators.img2dataset_env download URL_LIST OUTPUT  # URL list (tsv/csv/parquet) → shards
 
 ``download_url_list`` writes webdataset shards in img2dataset's layout (``00000.tar`` + the
 ``00000.parquet`` listing with every URL's ``status``/``error_message`` + ``00000_stats.json``);
@@ -93,7 +93,7 @@ def download_url_list(url_list: str, output: str, url_col: str = "url", caption_
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m infra.img2dataset_env", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m annotators.img2dataset_env", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("ensure", help="create $GRAIN_CACHE/img2dataset-venv if missing")
     d = sub.add_parser("download", help="download a URL list into webdataset shards")

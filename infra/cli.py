@@ -1,5 +1,8 @@
 """`grain` console script: a thin dispatcher. Each subcommand's module is imported only when used,
-so `grain --help` stays fast and `grain/` never pulls Ray, Prefect or vLLM in at import time.
+so `grain --help` stays fast and a command never pulls in another stage's dependencies.
+
+It names every package, so it sits at the top of the layers (docs/ARCHITECTURE.md), here in infra/
+beside the commands that run the project (stack, demo), not in the pure library grain/.
 
     grain models build-tiny        build the random-weight tiny checkpoints (cached)
     grain annotate ...             annotation stage (Ray Data + vLLM + OWLv2)
@@ -19,7 +22,7 @@ import sys
 
 # subcommand -> ("module:function", one-line help). Modules are imported lazily.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "models": ("annotators.tiny_models:main", "build tiny random-weight model checkpoints (offline)"),
+    "models": ("grain.tiny_models:main", "build tiny random-weight model checkpoints (offline)"),
     "annotate": ("annotators.cli:main", "annotate img2dataset shards: MLLM descriptions + OWLv2 boxes"),
     "train": ("trainers.cli:main", "pretrain GRAIN (or the CLIP baseline) on annotated shards"),
     "eval": ("evaluation.cli:eval_main", "zero-shot classification, retrieval, novel concepts"),
@@ -29,7 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("evaluation.datasets:main", "install/build the local evaluation sets"),
     "demo-corpus": ("infra.demo_corpus:main", "build the demo corpus (img2dataset layout)"),
     "stack": ("infra.stack:main", "start/stop/inspect the local Prefect + Ray stack"),
-    "bench": ("evaluation.bench_grounding:main", "benchmarks: `grain bench grounding`"),
+    "bench": ("benchmarks.bench_grounding:main", "benchmarks: `grain bench grounding`"),
     "demo": ("infra.demo:main", "run the demo pipeline through the local stack"),
 }
 

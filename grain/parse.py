@@ -1,8 +1,10 @@
 """Parse an MLLM's free-text answer into (dense caption, short visual descriptions). Never raises.
 
-The describer asks for a ``Caption:`` line and a ``Descriptions:`` bullet list (annotators/prompts.py),
-but a model may answer in any order, with other bullet styles, without headers, or (a tiny random
-model) with garbage. Rules (METHOD.md §1.1):
+Shared by the annotation stage's describer, which asks for a ``Caption:`` line and a ``Descriptions:``
+bullet list (annotators/prompts.py), and by ``grain describe-classes`` (evaluation/describe.py, bullets
+only); it lives in the library so that neither stage imports the other. A model may answer in any
+order, with other bullet styles, without headers, or (a tiny random model) with garbage. Rules
+(METHOD.md §1.1):
 
 - Bullets: ``-``, ``*``, ``•``, ``·``, ``–``, ``1.``, ``1)``, ``(1)`` prefixes; the prefix is stripped.
 - Headers ``Caption:`` / ``Descriptions:`` (also "Dense caption", "Objects", "Visual descriptions", any
