@@ -29,7 +29,7 @@ import os
 import time
 from collections import defaultdict
 
-from annotators.config import AnnotateConfig
+from annotators.config import AnnotateConfig, check_test_hooks
 from annotators.manifest import RunManifest
 from annotators.readers import discover_shards, read_shard
 from annotators.timing import RunTimer
@@ -167,6 +167,7 @@ def run_annotation(cfg: AnnotateConfig) -> dict:
     shards (total/skipped/written/left), rows, counts by status, seconds, images/s, tokens/s."""
     if not cfg.input or not cfg.output:
         raise ValueError("run_annotation: cfg.input and cfg.output are required")
+    check_test_hooks(cfg, "run_annotation")  # also for configs built in code, not only loaded ones
     t0 = time.perf_counter()
     shards = discover_shards(cfg.input)
     writer = ShardWriter(cfg.output)
