@@ -29,6 +29,11 @@ class ModelsConfig:
     mllm: str = "tiny"  # "tiny" → ensure_tiny_models()'s LLaVA; else a hub id or a local dir
     mllm_family: str = "llava"  # prompt format of the MLLM ("llava", "qwen2_vl", ...)
     detector: str = "tiny"  # "tiny" → the tiny OWLv2; else a hub id or a local dir
+    # Hub commit (40 hex digits) to load ``mllm`` / ``detector`` at; None = the hub's default branch, which
+    # can change under a running project. The paper profile pins both (docs/reliability.md, "Pinned
+    # models"); ignored for "tiny" and local dirs. Override with --set models.mllm_revision=<sha>.
+    mllm_revision: str | None = None
+    detector_revision: str | None = None
     max_new_tokens: int = 256  # MLLM generation budget per image (descriptions + caption)
     # vLLM structured outputs: generation constrained to the prompt's layout (prompts.answer_regex), so
     # the parser always finds a caption and ≥ 1 bullet; off = free generation (the release's behaviour).
