@@ -48,24 +48,32 @@ def system_resolve(host: str) -> list[str]:
     return sorted({info[4][0].split("%", 1)[0] for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)})
 
 
-def address_refusal(addr: str, allow_private: bool = False) -> str | None:
-    """Why ``addr`` (an IP address string) must not be fetched, or None when it may be."""
+def _address_kind(addr: str, allow_private: bool = False) -> tuple[str, str | None]:
+    """(the address, normalised; what forbids fetching it, e.g. "a loopback address", or None)."""
     ip = ipaddress.ip_address(addr)
     if ip.version == 6 and ip.ipv4_mapped is not None:  # ::ffff:127.0.0.1 is 127.0.0.1
         ip = ip.ipv4_mapped
     if ip.is_unspecified:
-        return f"{ip} is the unspecified address"
-    if ip.is_multicast:
-        return f"{ip} is a multicast address"
-    if ip.is_link_local:
-        return f"{ip} is link-local (cloud metadata endpoints live there)"
-    if ip.is_loopback:
-        return None if allow_private else f"{ip} is a loopback address"
-    if any(ip in net for net in PRIVATE_NETS if net.version == ip.version):
-        return None if allow_private else f"{ip} is a private address"
-    if not ip.is_global or ip.is_reserved:
-        return f"{ip} is a reserved / non-routable address"
-    return None
+        kind = "the unspecified address"
+    elif ip.is_multicast:
+        kind = "a multicast address"
+    elif ip.is_link_local:
+        kind = "a link-local address (cloud metadata endpoints live there)"
+    elif ip.is_loopback:
+        kind = None if allow_private else "a loopback address"
+    elif any(ip in net for net in PRIVATE_NETS if net.version == ip.version):
+        kind = None if allow_private else "a private address"
+    elif not ip.is_global or ip.is_reserved:
+        kind = "a reserved / non-routable address"
+    else:
+        kind = None
+    return str(ip), kind
+
+
+def address_refusal(addr: str, allow_private: bool = False) -> str | None:
+    """Why ``addr`` (an IP address string) must not be fetched, or None when it may be."""
+    ip, kind = _address_kind(addr, allow_private)
+    return f"{ip} is {kind}" if kind else None
 
 
 def _literal_ip(host: str) -> str | None:
@@ -112,11 +120,11 @@ def host_refusal(host: str, allow_private: bool = False, resolve: Resolver = sys
             return f"host {host!r} does not resolve"
     for addr in addrs:
         try:
-            reason = address_refusal(addr, allow_private)
+            ip, kind = _address_kind(addr, allow_private)
         except ValueError:
             return f"host {host!r} resolved to a non-address {addr!r}"
-        if reason:
-            return reason if literal is not None else f"host {host!r} resolves to {reason}"
+        if kind:
+            return f"{ip} is {kind}" if literal is not None else f"host {host!r} resolves to {ip}, {kind}"
     return None
 
 

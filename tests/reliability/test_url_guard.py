@@ -79,9 +79,9 @@ def fake_resolve(host):
     ("http://192.168.0.10/", "192.168.0.10 is a private address"),
     ("http://100.64.0.1/", "100.64.0.1 is a private address"),
     ("http://[fd00::1]/", "fd00::1 is a private address"),
-    ("http://169.254.169.254/latest/meta-data/iam/", "169.254.169.254 is link-local"),
-    ("http://[fe80::1]/", "fe80::1 is link-local"),
-    ("http://[::ffff:169.254.169.254]/", "169.254.169.254 is link-local"),
+    ("http://169.254.169.254/latest/meta-data/iam/", "169.254.169.254 is a link-local address"),
+    ("http://[fe80::1]/", "fe80::1 is a link-local address"),
+    ("http://[::ffff:169.254.169.254]/", "169.254.169.254 is a link-local address"),
     ("http://224.0.0.1/", "224.0.0.1 is a multicast address"),
     ("http://0.0.0.0:8265/", "0.0.0.0 is the unspecified address"),
     ("http://192.0.2.1/", "192.0.2.1 is a reserved / non-routable"),
@@ -93,10 +93,10 @@ def test_literal_addresses_and_schemes_are_refused_without_a_lookup(url, reason)
 
 
 @pytest.mark.parametrize("url,reason", [
-    ("http://intranet.example/a.jpg", "'intranet.example' resolves to 10.0.0.5 is a private address"),
-    ("https://metadata.example/latest", "resolves to 169.254.169.254 is link-local"),
-    ("http://split.example/a.jpg", "resolves to 192.168.1.9 is a private address"),  # any bad address refuses
-    ("http://rebind.example/a.jpg", "resolves to 127.0.0.1 is a loopback address"),
+    ("http://intranet.example/a.jpg", "'intranet.example' resolves to 10.0.0.5, a private address"),
+    ("https://metadata.example/latest", "resolves to 169.254.169.254, a link-local address"),
+    ("http://split.example/a.jpg", "resolves to 192.168.1.9, a private address"),  # any bad address refuses
+    ("http://rebind.example/a.jpg", "resolves to 127.0.0.1, a loopback address"),
     ("http://LOCALHOST./a.jpg", "'localhost' resolves to 127.0.0.1"),
     ("http://nowhere.example/a.jpg", "'nowhere.example' does not resolve"),
 ])
@@ -159,7 +159,7 @@ def test_refused_urls_are_never_fetched_and_become_download_error_rows(counting_
         assert r["status"] == "download_error" and r["image"] is None and r["source_caption"] == f"caption {i}"
         assert r["error"].startswith("URL guard: url_refused: refused before download: "), r["error"]
     assert "is a loopback address" in by_url[urls[0]]["error"]
-    assert "link-local" in by_url["http://169.254.169.254/latest/meta-data/"]["error"]
+    assert "link-local address" in by_url["http://169.254.169.254/latest/meta-data/"]["error"]
     assert "scheme 'file'" in by_url["file:///etc/passwd"]["error"]
     # The same list with private ranges allowed still refuses the metadata/unspecified/file rows.
     accepted, refused = img2dataset_env.filter_url_list(str(url_list), allow_private=True, resolve=resolve)
