@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from grain.safety import TestHookRefused, refuse_test_hooks
+
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 PROFILES = ("tiny", "paper")
 
@@ -27,6 +29,11 @@ class ModelsConfig:
     mllm: str = "tiny"  # "tiny" → ensure_tiny_models()'s LLaVA; else a hub id or a local dir
     mllm_family: str = "llava"  # prompt format of the MLLM ("llava", "qwen2_vl", ...)
     detector: str = "tiny"  # "tiny" → the tiny OWLv2; else a hub id or a local dir
+    # Hub commit (40 hex digits) to load ``mllm`` / ``detector`` at; None = the hub's default branch, which
+    # can change under a running project. The paper profile pins both (docs/reliability.md, "Pinned
+    # models"); ignored for "tiny" and local dirs. Override with --set models.mllm_revision=<sha>.
+    mllm_revision: str | None = None
+    detector_revision: str | None = None
     max_new_tokens: int = 256  # MLLM generation budget per image (descriptions + caption)
     # vLLM structured outputs: generation constrained to the prompt's layout (prompts.answer_regex), so
     # the parser always finds a caption and ≥ 1 bullet; off = free generation (the release's behaviour).
@@ -41,7 +48,8 @@ class ModelsConfig:
     enforce_eager: bool = True  # vLLM: skip torch.compile (17 s vs 33 s start on CPU)
     max_model_len: int = 4096  # vLLM context length
     gpu_memory_utilization: float | None = None  # vLLM, GPU only (None: vLLM's default)
-    extra_engine_args: dict = field(default_factory=dict)  # passed to the vLLM engine as is
+    # Passed to the vLLM engine as is: refused unless GRAIN_ALLOW_TEST_HOOKS=1 (grain/safety.py).
+    extra_engine_args: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -87,7 +95,8 @@ class RunConfig:
     # Fault injection for reliability tests only: {"fail_keys": [key, ...]} makes those rows' MLLM call
     # fail (→ model_error); {"crash_key": key, "crash_marker": path, "crash_stage": "describe"|"ground"}
     # kills that stage's model actor once; {"describe_delay_s": s} makes every MLLM batch take at least s
-    # seconds (a slow model: tests that must act while a run is still busy).
+    # seconds (a slow model: tests that must act while a run is still busy). Refused unless the
+    # environment has GRAIN_ALLOW_TEST_HOOKS=1 (grain/safety.py).
     inject: dict = field(default_factory=dict)
 
 
@@ -108,6 +117,16 @@ class AnnotateConfig:
 
 class ConfigError(ValueError):
     """A run file or override is invalid; the message names the key and the file."""
+
+
+def check_test_hooks(cfg: AnnotateConfig, where: str) -> None:
+    """ConfigError naming the key when ``cfg`` sets a test hook (run.inject, models.extra_engine_args)
+    and the environment does not allow test hooks (grain/safety.py)."""
+    try:
+        refuse_test_hooks({"run.inject": cfg.run.inject, "models.extra_engine_args": cfg.models.extra_engine_args},
+                          where)
+    except TestHookRefused as e:
+        raise ConfigError(str(e)) from None
 
 
 def _coerce(value, tp, where: str):
@@ -201,8 +220,10 @@ def load_config(profile: str | None = None, path: str | None = None, overrides: 
             except yaml.YAMLError as e:
                 raise ConfigError(f"{f}: not valid YAML ({e})") from None
         _merge(cfg, data, f)
+        check_test_hooks(cfg, f)
     if profile is not None:
         cfg.profile = profile
     for item in overrides:
         apply_override(cfg, item)
+        check_test_hooks(cfg, f"--set {item.split('=', 1)[0]}")
     return cfg

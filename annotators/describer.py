@@ -82,7 +82,7 @@ class Describer:
                  enforce_eager: bool = False, max_model_len: int = 4096, dtype: str | None = None,
                  question: str = DESCRIBE_QUESTION, structured_output: bool = False,
                  caption_max_chars: int = CAPTION_MAX_CHARS, description_max_chars: int = DESCRIPTION_MAX_CHARS,
-                 structured_output_backend: str = "guidance", **engine_kwargs):
+                 structured_output_backend: str = "guidance", revision: str | None = None, **engine_kwargs):
         if not isinstance(model, str) or not model:
             raise ValueError(f"Describer: model must be a local dir or hub id, got {model!r}")
         if max_new_tokens < 1:
@@ -104,6 +104,8 @@ class Describer:
         engine_kwargs = {k: v for k, v in engine_kwargs.items() if v is not None}
         kwargs = {**self.request.engine_kwargs, "model": model, "enforce_eager": enforce_eager,
                   "max_model_len": max_model_len, "seed": seed, "dtype": dtype or _default_dtype()}
+        if revision:  # a pinned hub commit for the weights and the tokenizer/processor alike
+            kwargs.update(revision=revision, tokenizer_revision=revision)
         if structured_output:
             kwargs["structured_outputs_config"] = {"backend": structured_output_backend}
         kwargs.update(engine_kwargs)

@@ -59,11 +59,13 @@ class Grounder:
     threshold: keep boxes whose best description score (sigmoid) > threshold (0.3 in the release);
     max_boxes: cap per image (50); nms / nms_iou: per-description NMS (off unless nms=True or nms_iou set);
     batch_size: images per forward (text queries padded per image); device: "cpu", "cuda", ... (None: CUDA
-    if visible, else CPU); dtype: None = float32, or "bfloat16" (≈5× faster on an H200 at OWLv2-base size).
+    if visible, else CPU); dtype: None = float32, or "bfloat16" (≈5× faster on an H200 at OWLv2-base size);
+    revision: hub commit to load ``model`` at (None: the default branch).
     """
 
     def __init__(self, model: str, threshold: float = 0.3, max_boxes: int = MAX_BOXES, nms: bool = False,
-                 nms_iou: float | None = None, device: str | None = None, batch_size: int = 8, dtype: str | None = None):
+                 nms_iou: float | None = None, device: str | None = None, batch_size: int = 8, dtype: str | None = None,
+                 revision: str | None = None):
         if not 0.0 <= threshold < 1.0:
             raise ValueError(f"Grounder: threshold must be in [0, 1), got {threshold}")
         if max_boxes < 1:
@@ -75,9 +77,10 @@ class Grounder:
         self.nms_iou = nms_iou if nms_iou is not None else (0.5 if nms else None)
         # None: CUDA when this process sees a GPU (a Ray actor with num_gpus > 0 does; one with 0 does not).
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.processor = Owlv2Processor.from_pretrained(model)
+        pin = {"revision": revision} if revision else {}  # a pinned hub commit; none: the default branch
+        self.processor = Owlv2Processor.from_pretrained(model, **pin)
         torch_dtype = getattr(torch, dtype) if dtype else torch.float32
-        self.model = Owlv2ForObjectDetection.from_pretrained(model, dtype=torch_dtype).to(self.device).eval()
+        self.model = Owlv2ForObjectDetection.from_pretrained(model, dtype=torch_dtype, **pin).to(self.device).eval()
         tok = self.processor.tokenizer
         # OWLv2 reads 16 text tokens (its position table); longer descriptions are truncated (EOT kept).
         self.max_text_len = int(self.model.config.text_config.max_position_embeddings)

@@ -29,7 +29,7 @@ import os
 import time
 from collections import defaultdict
 
-from annotators.config import AnnotateConfig
+from annotators.config import AnnotateConfig, check_test_hooks
 from annotators.manifest import RunManifest
 from annotators.readers import discover_shards, read_shard
 from annotators.timing import RunTimer
@@ -47,9 +47,11 @@ from grain.schema import (
 log = logging.getLogger(__name__)
 
 
-def _model_label(path: str) -> str:
-    """The ``mllm_model``/``detector_model`` label: hub id, or a tiny checkpoint's name + spec hash
-    (same rule as ``Describer.model_id``), or the local dir."""
+def _model_label(path: str, revision: str | None = None) -> str:
+    """The ``mllm_model``/``detector_model`` label: hub id (``@revision`` when pinned), or a tiny
+    checkpoint's name + spec hash (same rule as ``Describer.model_id``), or the local dir."""
+    if revision:
+        return f"{path}@{revision}"
     marker = os.path.join(path, ".grain-tiny.json")
     if os.path.isfile(marker):
         with open(marker) as fh:
@@ -69,7 +71,12 @@ def resolve_models(cfg: AnnotateConfig) -> dict:
 
         paths = ensure_tiny_models(tiny)
         out.update({k: paths[names[k]] for k in ("mllm", "detector") if out[k] == "tiny"})
-    out.update(mllm_id=_model_label(out["mllm"]), detector_id=_model_label(out["detector"]))
+    # A revision applies to a hub id only (tiny checkpoints and local dirs are what they are).
+    for k in ("mllm", "detector"):
+        rev = getattr(m, f"{k}_revision", None)
+        out[f"{k}_revision"] = rev if rev and out[k] == getattr(m, k) and not os.path.isdir(out[k]) else None
+    out.update(mllm_id=_model_label(out["mllm"], out["mllm_revision"]),
+               detector_id=_model_label(out["detector"], out["detector_revision"]))
     return out
 
 
@@ -154,7 +161,7 @@ def build_dataset(cfg: AnnotateConfig, shards: list, models: dict):
                         "gpu_memory_utilization": m.gpu_memory_utilization,
                         "structured_output": m.structured_output, "structured_output_backend": m.structured_output_backend,
                         "caption_max_chars": m.caption_max_chars, "description_max_chars": m.description_max_chars,
-                        **m.extra_engine_args}
+                        "revision": models.get("mllm_revision"), **m.extra_engine_args}
     ds = ds.map_batches(
         stages.DescribeStage, batch_size=run.batch_size, batch_format="pyarrow",
         compute=ActorPoolStrategy(min_size=1, max_size=max(1, run.describer_actors)),
@@ -168,6 +175,7 @@ def build_dataset(cfg: AnnotateConfig, shards: list, models: dict):
         num_cpus=run.grounder_cpus, num_gpus=run.grounder_gpus or None,
         fn_constructor_kwargs={"model": models["detector"], "max_boxes": m.max_boxes, "threads": run.threads_per_actor,
                                "grounder_kwargs": {"threshold": m.box_threshold, "nms_iou": m.nms_iou,
+                                                   "revision": models.get("detector_revision"),
                                                    "max_boxes": m.max_boxes, "batch_size": run.batch_size},
                                "inject": inject, "max_restarts": run.max_restarts,
                                "cpu_affinity": run.grounder_cpu_affinity})
@@ -179,6 +187,7 @@ def run_annotation(cfg: AnnotateConfig) -> dict:
     shards (total/skipped/written/left), rows, counts by status, seconds, images/s, tokens/s."""
     if not cfg.input or not cfg.output:
         raise ValueError("run_annotation: cfg.input and cfg.output are required")
+    check_test_hooks(cfg, "run_annotation")  # also for configs built in code, not only loaded ones
     t0 = time.perf_counter()
     shards = discover_shards(cfg.input)
     writer = ShardWriter(cfg.output)

@@ -324,8 +324,9 @@ def _read_parquet(shard: InputShard, max_image_bytes: int, max_caption_chars: in
                 status = row.get("status")
                 if img is None:
                     if status and status != "success":
+                        origin = "URL guard" if status == "url_refused" else "img2dataset"  # annotators/url_guard.py
                         recs.append(record(key, src, url=url, caption=caption, flags=flags, status="download_error",
-                                           error=f"img2dataset: {status}: {row.get('error_message') or 'no detail'}"))
+                                           error=f"{origin}: {status}: {row.get('error_message') or 'no detail'}"))
                     else:
                         recs.append(record(key, src, url=url, caption=caption, flags=flags, status="input_error",
                                            error=f"no image bytes in column {img_col!r}"))

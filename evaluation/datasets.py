@@ -9,8 +9,10 @@ Sets (ImageFolder layout with classes.json + descriptors.json, see evaluation/ev
 faces, transport, clocks, flags (evaluation/emoji.py), and ``flags`` (country flags, evaluation/flags.py).
 
 Where: ``$GRAIN_CACHE/datasets/<name>`` (GRAIN_CACHE defaults to ~/.cache/grain; ``--root`` overrides
-the datasets folder). npm packages go to ``$GRAIN_CACHE/npm`` (``npm install --prefix`` runs only when a
-needed package is missing). A set is rebuilt only when its marker's spec hash differs (builder version,
+the datasets folder). npm packages go to ``$GRAIN_CACHE/npm``: exact versions from the committed
+``evaluation/npm/package.json`` + ``package-lock.json`` (integrity hashes), installed with
+``npm ci --ignore-scripts`` (no package's install scripts run), only when a needed package is missing
+or has another version; OpenMoji is an optional dependency, installed only when an openmoji set is built. A set is rebuilt only when its marker's spec hash differs (builder version,
 spec, package versions) or with ``--force``; building goes to a temp folder renamed into place.
 
 Python API for other stages (the grounding benchmark): ``ensure_dataset(name) -> path``,
@@ -31,15 +33,10 @@ from evaluation import emoji as emoji_mod
 
 BUILDER_VERSION = "1"
 MARKER = ".grain-dataset.json"
-# npm packages (major versions tested) per set kind. OpenMoji is 67 MB: only installed when asked for.
-NPM_PACKAGES = {
-    "emoji-datasource": "emoji-datasource@^16",
-    "emoji-datasource-google": "emoji-datasource-google@^16",
-    "emoji-datasource-twitter": "emoji-datasource-twitter@^16",
-    "emojibase-data": "emojibase-data@^17",
-    "openmoji": "openmoji@^17",
-    "flag-icons": "flag-icons@^7",
-}
+# The npm project the sets are built from: exact versions + lockfile (regenerate the lockfile with
+# `npm install --package-lock-only --ignore-scripts` in that folder after changing a version).
+NPM_PROJECT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "npm")
+OPTIONAL_NPM = ("openmoji",)  # 67 MB: `npm ci --omit=optional` unless a set needs it
 DEFAULT_SETS = [f"emoji-{s}-{sub}" for s in ("google", "twitter") for sub in ("animals", "food", "faces", "transport")] + ["flags"]
 
 
@@ -79,21 +76,46 @@ def _package_version(pkg: str) -> str | None:
         return json.load(f).get("version")
 
 
+def pinned_versions() -> dict[str, str]:
+    """Package → exact version, from evaluation/npm/package.json (dependencies + optionalDependencies)."""
+    with open(os.path.join(NPM_PROJECT, "package.json"), encoding="utf-8") as f:
+        pkg = json.load(f)
+    return {**pkg.get("dependencies", {}), **pkg.get("optionalDependencies", {})}
+
+
+def npm_ci_command(npm: str, prefix: str, with_optional: bool) -> list[str]:
+    """The install command: the lockfile's exact tree, integrity-checked, no install scripts."""
+    return [npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--prefix", prefix,
+            *([] if with_optional else ["--omit=optional"])]
+
+
 def ensure_npm_packages(packages: list[str]) -> None:
-    """``npm install --prefix $GRAIN_CACHE/npm`` the missing ones; RuntimeError with npm's output on failure."""
-    missing = [p for p in packages if _package_version(p) is None]
-    if not missing:
+    """Install the pinned npm project into ``$GRAIN_CACHE/npm`` unless every package in ``packages`` is
+    there at its pinned version; RuntimeError with npm's output on failure (or naming an unknown package)."""
+    pins = pinned_versions()
+    unknown = [p for p in packages if p not in pins]
+    if unknown:
+        raise RuntimeError(f"npm packages {unknown} are not pinned in {NPM_PROJECT}/package.json")
+    stale = [p for p in packages if _package_version(p) != pins[p]]
+    if not stale:
         return
     npm = shutil.which("npm")
     if npm is None:
-        raise RuntimeError(f"npm is needed to install {missing} (apt-get install npm, or install Node.js)")
+        raise RuntimeError(f"npm is needed to install {stale} (apt-get install npm, or install Node.js)")
     prefix = os.path.dirname(node_modules_dir())
     os.makedirs(prefix, exist_ok=True)
-    cmd = [npm, "install", "--no-audit", "--no-fund", "--prefix", prefix] + [NPM_PACKAGES[p] for p in missing]
+    for name in ("package.json", "package-lock.json"):  # npm ci installs exactly the committed lockfile
+        shutil.copyfile(os.path.join(NPM_PROJECT, name), os.path.join(prefix, name))
+    # keep an optional package that is already installed (npm ci starts from an empty node_modules)
+    with_optional = any(p in OPTIONAL_NPM for p in packages) or any(_package_version(p) for p in OPTIONAL_NPM)
+    cmd = npm_ci_command(npm, prefix, with_optional)
     print("running:", " ".join(cmd), flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0:
-        raise RuntimeError(f"npm install failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+        raise RuntimeError(f"npm ci failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    wrong = {p: _package_version(p) for p in packages if _package_version(p) != pins[p]}
+    if wrong:
+        raise RuntimeError(f"npm ci left {wrong} instead of the pinned versions {[pins[p] for p in wrong]}")
 
 
 def spec_hash(name: str, limit: int | None = None) -> str:

@@ -28,6 +28,9 @@ import tarfile
 from dataclasses import dataclass, field
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
+# Largest tar member read into memory (an image, a .cls, a caption file). Members are checked from the
+# tar header before any byte is read, so a hostile or broken shard cannot exhaust memory with one entry.
+MAX_MEMBER_BYTES = 64 * 1024 * 1024
 
 
 class EvalSetError(ValueError):
@@ -172,9 +175,10 @@ def load_imagefolder(root: str, name: str | None = None) -> ClassificationSet:
                              descriptors, templates)
 
 
-def _tar_samples(tar_path: str) -> dict[str, dict[str, bytes]]:
+def _tar_samples(tar_path: str, max_member_bytes: int = MAX_MEMBER_BYTES) -> dict[str, dict[str, bytes]]:
     """Group a webdataset tar's members by key: {key: {ext: bytes}} (extension = text after the first dot),
-    read with the project's one tar reader (grain.webdataset); members other than files are skipped."""
+    read with the project's one tar reader (grain.webdataset); members other than files are skipped.
+    A member larger than ``max_member_bytes`` is an EvalSetError naming it (checked before reading it)."""
     from grain.webdataset import iter_members
 
     samples: dict[str, dict[str, bytes]] = {}
@@ -183,13 +187,17 @@ def _tar_samples(tar_path: str) -> dict[str, dict[str, bytes]]:
             for m in iter_members(f):
                 if m.kind != "file" or not m.ext:
                     continue
+                if m.size > max_member_bytes:
+                    raise EvalSetError(f"{tar_path}::{m.name}: member of {m.size} bytes exceeds the "
+                                       f"{max_member_bytes}-byte limit per member (max_member_bytes); not read")
                 samples.setdefault(m.key, {})[m.ext] = m.read()
     except (OSError, EOFError, tarfile.TarError) as e:
         raise EvalSetError(f"{tar_path}: not a readable tar shard ({e})") from e
     return samples
 
 
-def load_clip_benchmark_wds(root: str, name: str | None = None, split: str = "test"):
+def load_clip_benchmark_wds(root: str, name: str | None = None, split: str = "test",
+                            max_member_bytes: int = MAX_MEMBER_BYTES):
     tars = sorted(glob.glob(os.path.join(root, split, "*.tar")), key=_natural_key)
     if not tars:
         raise EvalSetError(f"{os.path.join(root, split)}: no .tar shards (clip_benchmark webdataset layout)")
@@ -200,7 +208,7 @@ def load_clip_benchmark_wds(root: str, name: str | None = None, split: str = "te
     if dtype == "retrieval":
         images, captions, cap_img, skipped = [], [], [], {}
         for t in tars:
-            for key, s in _tar_samples(t).items():
+            for key, s in _tar_samples(t, max_member_bytes).items():
                 ext = next((e for e in img_exts if e in s), None)
                 caps = [c.strip() for c in s.get("txt", b"").decode("utf-8", "replace").splitlines() if c.strip()]
                 if ext is None or not caps:
@@ -216,7 +224,7 @@ def load_clip_benchmark_wds(root: str, name: str | None = None, split: str = "te
     classnames = _read_lines(cls_path)
     images, labels = [], []
     for t in tars:
-        for key, s in _tar_samples(t).items():
+        for key, s in _tar_samples(t, max_member_bytes).items():
             ext = next((e for e in img_exts if e in s), None)
             if ext is None or "cls" not in s:
                 raise EvalSetError(f"{t}::{key}: sample lacks an image ({'/'.join(img_exts)}) or a .cls label")

@@ -6,7 +6,8 @@ Parameters: ``config`` (annotation run file, default the tiny profile), ``overri
 values, e.g. ``{"run": {"batch_size": 16}}``), and for convenience ``input``/``output`` (the same as
 overriding ``input``/``output``). ``input`` is an img2dataset output folder (or shard files), or a
 URL list as CC12M ships it (``.tsv``/``.csv``/``.parquet`` with url + caption), which is first
-downloaded with img2dataset into ``<output>-download``. The UI gets: a progress bar, a per-shard
+filtered (annotators/url_guard.py: no loopback/private/metadata addresses) and downloaded with
+img2dataset into ``<output>-download``. The UI gets: a progress bar, a per-shard
 stats table (from the run manifest), a few box-overlay images, and a link to the Ray dashboard.
 """
 
@@ -21,27 +22,16 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from flows import common, stages, visuals
 from flows.logbridge import StageLogBridge
 from grain import storage
-
-URL_LIST_EXTS = (".tsv", ".csv", ".txt", ".tsv.gz", ".csv.gz")
-
-
-def is_url_list(path: str) -> bool:
-    """A single file of URLs + captions (not img2dataset shards): tsv/csv/txt, or Parquet without images."""
-    if not os.path.isfile(path):
-        return False
-    if path.endswith(URL_LIST_EXTS):
-        return True
-    if path.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        names = set(pq.read_schema(path).names)
-        return "url" in names and not names & {"jpg", "png", "webp", "image"}
-    return False
+from annotators.img2dataset_env import REFUSED_SHARD, is_url_list  # noqa: F401 - is_url_list: part of this module's API
 
 
 @task(retries=2, retry_delay_seconds=30, log_prints=True)
 def download_url_list(url_list: str, output: str, url_col: str = "url", caption_col: str = "caption") -> str:
-    """img2dataset (own venv, subprocess) → webdataset shards in ``output``; retried on failure."""
+    """URL guard, then img2dataset (own venv, subprocess) → webdataset shards in ``output``; retried on failure.
+
+    URLs to loopback/private/link-local/multicast/reserved addresses are refused before the download
+    (annotators/url_guard.py) and become ``download_error`` rows; only the worker's environment
+    (``GRAIN_URL_ALLOW_PRIVATE=1``) can admit private ranges, never a flow parameter."""
     from annotators.img2dataset_env import download_url_list as download
 
     tars = download(url_list, output, url_col=url_col, caption_col=caption_col,
@@ -52,6 +42,11 @@ def download_url_list(url_list: str, output: str, url_col: str = "url", caption_
             s = json.load(fh)
         for k, v in (s.get("status_dict") or {}).items():
             stats[k] = stats.get(k, 0) + v
+    refused = os.path.join(output, REFUSED_SHARD)
+    if os.path.exists(refused):
+        import pyarrow.parquet as pq
+
+        stats["url_refused"] = pq.read_metadata(refused).num_rows
     print(f"img2dataset: {len(tars)} shards in {output}; per-URL status {stats}")
     return output
 

@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from grain.safety import refuse_test_hooks
+
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 PROFILES = {"tiny": "tiny-cpu.yaml", "paper": "vit-b-16-cc12m.yaml"}
 
@@ -75,7 +77,9 @@ class TrainConfig:
     storage_path: str | None = None  # RunConfig storage; default: <output>/ray
     ray_address: str | None = None  # None: start/join per ray.init defaults ("auto" to join a cluster)
     find_unused_parameters: bool = False  # GrainLoss keeps region heads in the graph on box-less ranks (zero-valued terms)
-    debug_fail_at_step: int | None = None  # chaos test: the last rank raises once before this step (local output)
+    # Chaos test: the last rank raises once before this step (local output). A test hook: refused from
+    # run files and overrides unless GRAIN_ALLOW_TEST_HOOKS=1 (grain/safety.py).
+    debug_fail_at_step: int | None = None
     log_sample_keys: bool = False  # write <output>/sample_keys/rank<r>.jsonl (resume tests, audits)
 
     def validate(self) -> "TrainConfig":
@@ -189,6 +193,9 @@ def _scalar(raw: str):
     return value
 
 
+TEST_HOOK_KEYS = ("debug_fail_at_step",)  # refused from run files / overrides (grain/safety.py)
+
+
 def parse_set(items: list[str]) -> dict:
     """``["optim.lr=1e-3", "model.kind=clip"]`` → nested dict (values parsed as YAML scalars)."""
     out: dict = {}
@@ -208,14 +215,13 @@ def load_config(
 ) -> TrainConfig:
     """Profile file, then ``path``, then ``overrides`` (a nested dict), then ``--set`` items, merged in that order."""
     data: dict = {}
-    if profile:
-        data = _merge(data, read_run_file(profile_file(profile)))
-    if path:
-        data = _merge(data, read_run_file(path))
-    if overrides:
-        data = _merge(data, overrides)
-    if sets:
-        data = _merge(data, parse_set(sets))
+    sources = [(profile_file(profile), read_run_file(profile_file(profile))) if profile else None,
+               (str(path), read_run_file(path)) if path else None,
+               ("overrides", overrides) if overrides else None, ("--set", parse_set(sets)) if sets else None]
+    for where, layer in filter(None, sources):
+        if isinstance(layer, dict):  # test hooks are named by the source that sets them
+            refuse_test_hooks({k: layer.get(k) for k in TEST_HOOK_KEYS}, where)
+        data = _merge(data, layer)
     return _build(TrainConfig, data, str(path or profile or "<config>"))
 
 

@@ -27,7 +27,8 @@ import tempfile
 import time
 
 from grain import storage
-from trainers.config import TrainConfig
+from grain.safety import refuse_test_hooks
+from trainers.config import TEST_HOOK_KEYS, TrainConfig
 from trainers.index import build_index
 from trainers.optim import warmup_steps_for
 from trainers.plan import steps_per_epoch
@@ -122,6 +123,7 @@ def export_final(checkpoint_dir: str, out_uri: str) -> dict:
 
 def run_training(cfg: TrainConfig) -> dict:
     """Train per ``cfg``; return {output, final_checkpoint, steps, metrics, run_json, ...}."""
+    refuse_test_hooks({k: getattr(cfg, k) for k in TEST_HOOK_KEYS}, "run_training")  # configs built in code too
     cfg.validate()
     t0 = time.time()
     out = cfg.output.rstrip("/")

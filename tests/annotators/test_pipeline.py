@@ -46,7 +46,7 @@ def test_grounder_stage_boxes_in_decoded_frame(tiny_models, tmp_path):
         assert all(0 <= i < 3 for i in r["box_desc_index"])
 
 
-def test_annotate_interrupted_then_resumed_on_a_cluster(ray_local, tiny_models, tmp_path):
+def test_annotate_interrupted_then_resumed_on_a_cluster(ray_local, tiny_models, tmp_path, monkeypatch):
     corpus = build_bad_input_corpus(str(tmp_path / "in"), n_good=20)
     out = str(tmp_path / "out")
     good_in_first = "000000000"  # astronaut, shard 00000
@@ -57,6 +57,7 @@ def test_annotate_interrupted_then_resumed_on_a_cluster(ray_local, tiny_models, 
     # restart+retry path as a dead vLLM engine, without paying a second engine start in the slow tier).
     cfg = load_config(profile="tiny", overrides=["run.max_shards=1", "run.progress=false"])
     cfg.input, cfg.output = [str(tmp_path / "in")], out
+    monkeypatch.setenv("GRAIN_ALLOW_TEST_HOOKS", "1")  # run.inject is a test hook (grain/safety.py)
     cfg.run.inject = {"fail_keys": ["000000001"], "crash_key": good_in_first, "crash_marker": marker,
                       "crash_stage": "ground"}
     from annotators.pipeline import run_annotation

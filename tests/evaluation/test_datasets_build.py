@@ -18,6 +18,11 @@ NEEDED = ("emoji-datasource", "emoji-datasource-google", "emojibase-data", "flag
 def cache(tmp_path, monkeypatch):
     if not all(os.path.exists(os.path.join(REAL_NM, p, "package.json")) for p in NEEDED):
         pytest.skip("emoji/flag npm packages not installed (run `grain data build` once)")
+    pins = D.pinned_versions()
+    for p in NEEDED:  # otherwise `npm ci` would run on (and empty) the shared node_modules linked below
+        with open(os.path.join(REAL_NM, p, "package.json")) as fh:
+            if json.load(fh).get("version") != pins[p]:
+                pytest.skip(f"{p} in {REAL_NM} is not the pinned {pins[p]} (run `grain data build` once)")
     os.makedirs(tmp_path / "npm")
     os.symlink(REAL_NM, tmp_path / "npm" / "node_modules")
     monkeypatch.setenv("GRAIN_CACHE", str(tmp_path))

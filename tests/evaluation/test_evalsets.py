@@ -101,6 +101,26 @@ def test_clip_benchmark_wds_bad_label_names_member(tmp_path):
         load_evalset(str(root))
 
 
+def test_tar_member_over_the_size_cap_is_refused_naming_it(tmp_path):
+    from evaluation.evalsets import MAX_MEMBER_BYTES, load_clip_benchmark_wds
+
+    root = _wds(tmp_path / "big", [("s0.png", _png()), ("s0.cls", b"0"), ("s1.png", b"x" * 5000), ("s1.cls", b"0")],
+                classnames=["a"])
+    with pytest.raises(EvalSetError, match=r"0\.tar::s1\.png: member of 5000 bytes exceeds the 4096-byte limit"):
+        load_clip_benchmark_wds(str(root), max_member_bytes=4096)
+    assert len(load_clip_benchmark_wds(str(root), max_member_bytes=5000).images) == 2  # at the cap: read
+    # The default cap is checked from the header, before reading: a member claiming 1 GiB in a tiny
+    # (truncated) tar is refused by name instead of being read into memory.
+    info = tarfile.TarInfo("huge.png")
+    info.size = 1 << 30
+    os.makedirs(tmp_path / "lying" / "test")
+    (tmp_path / "lying" / "test" / "0.tar").write_bytes(info.tobuf() + b"\0" * 512)
+    (tmp_path / "lying" / "classnames.txt").write_text("a\n")
+    assert MAX_MEMBER_BYTES < 1 << 30
+    with pytest.raises(EvalSetError, match=rf"0\.tar::huge\.png: member of {1 << 30} bytes exceeds"):
+        load_evalset(str(tmp_path / "lying"))
+
+
 def test_clip_benchmark_wds_retrieval_multiple_captions(tmp_path):
     root = _wds(tmp_path / "ret", [("a.png", _png()), ("a.txt", b"a red thing\na crimson block\n"),
                                    ("b.png", _png()), ("b.txt", b"another\n")], dtype="retrieval")

@@ -93,7 +93,9 @@ def stack_env(tmp_path_factory):
     env = {"GRAIN_STACK_HOME": home, "GRAIN_PREFECT_PORT": str(base + 320), "GRAIN_RAY_PORT": str(base),
            "GRAIN_RAY_DASHBOARD_PORT": str(base + 321), "GRAIN_ARTIFACT_PORT": str(base + 322),
            "GRAIN_RAY_NUM_CPUS": "2", "GRAIN_RAY_TMP": f"/tmp/gr-e2e-{base}", "GRAIN_WORK_POOL": f"grain-e2e-{base}",
-           "GRAIN_HEARTBEAT_S": "30", "GRAIN_ZOMBIE_AFTER_S": str(ZOMBIE_AFTER_S)}
+           "GRAIN_HEARTBEAT_S": "30", "GRAIN_ZOMBIE_AFTER_S": str(ZOMBIE_AFTER_S),
+           # the worker (and its flow runs) inherit this: the kill test passes run.inject as a flow parameter
+           "GRAIN_ALLOW_TEST_HOOKS": "1"}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     from infra import stack

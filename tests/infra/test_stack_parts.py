@@ -34,14 +34,15 @@ def test_artifact_server_serves_files_only_on_loopback(tmp_path):
 
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "a.png").write_bytes(b"\x89PNG fake")
-    server = serve(str(tmp_path), 0)
+    server = serve(str(tmp_path), 0, allow_origin="http://127.0.0.1:4242")
     host, port = server.server_address
     assert host == "127.0.0.1"
     t = threading.Thread(target=server.serve_forever, daemon=True)
     t.start()
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/run/a.png") as r:
-            assert r.read() == b"\x89PNG fake" and r.headers["Access-Control-Allow-Origin"] == "*"
+            assert r.read() == b"\x89PNG fake"
+            assert r.headers["Access-Control-Allow-Origin"] == "http://127.0.0.1:4242"  # the Prefect UI only
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/run/")
         assert e.value.code == 404  # no directory listings
@@ -50,6 +51,28 @@ def test_artifact_server_serves_files_only_on_loopback(tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_artifact_server_cors_is_the_prefect_ui_origin_only(tmp_path, monkeypatch):
+    from infra.artifact_server import serve
+
+    monkeypatch.delenv("GRAIN_ARTIFACT_ALLOW_ORIGIN", raising=False)
+    monkeypatch.setenv("GRAIN_PREFECT_PORT", "4311")
+    (tmp_path / "a.png").write_bytes(b"png")
+    server = serve(str(tmp_path), 0)  # default: the local stack's Prefect UI
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        req = urllib.request.Request(f"http://127.0.0.1:{server.server_address[1]}/a.png",
+                                     headers={"Origin": "http://evil.example"})
+        with urllib.request.urlopen(req) as r:
+            assert r.headers.get_all("Access-Control-Allow-Origin") == ["http://127.0.0.1:4311"]
+            assert "Origin" in r.headers["Vary"]
+    finally:
+        server.shutdown()
+        server.server_close()
+    for bad in ("*", "http://127.0.0.1:4200/ui", "null", "file:///x"):
+        with pytest.raises(ValueError, match="allowed origin"):
+            serve(str(tmp_path), 0, allow_origin=bad)
 
 
 def test_stop_tree_stops_a_service_and_its_children(tmp_path):

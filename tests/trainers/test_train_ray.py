@@ -77,13 +77,14 @@ def test_two_worker_run_learns_and_checkpoints(full_run):
     assert os.listdir(os.path.join(out, "tensorboard"))
 
 
-def test_stopped_then_rerun_matches_an_uninterrupted_run(full_run, small_shards, tmp_path_factory):
+def test_stopped_then_rerun_matches_an_uninterrupted_run(full_run, small_shards, tmp_path_factory, monkeypatch):
     ref_out, ref = full_run
     out = str(tmp_path_factory.mktemp("train") / "resumed")
     part = run_training(_cfg(small_shards, out, max_steps=STOP))
     assert part["steps"] == STOP
     # Same output → same Ray run name/storage → resumes at STOP. On the way, a worker fails once before
     # step 6; FailureConfig restarts the group from the step-4 checkpoint and steps 5–6 are redone.
+    monkeypatch.setenv("GRAIN_ALLOW_TEST_HOOKS", "1")  # debug_fail_at_step is a test hook (grain/safety.py)
     done = run_training(_cfg(small_shards, out, max_failures=1, debug_fail_at_step=6))
     assert done["steps"] == STEPS
     assert os.path.exists(os.path.join(out, ".failure-injected-at-step-6"))
