@@ -221,24 +221,13 @@ class LocalRayCluster:
         return len(pids)
 
     def stop(self) -> None:
-        """Stop every node (workers first, then the head): SIGTERM, then SIGKILL what is left."""
+        """Stop every node at once: SIGKILL every process of each node (found by its marker), workers
+        first. A graceful ``SIGTERM`` waited up to 20 s a node for nothing a throwaway test cluster needs."""
         for i in sorted(self.procs, reverse=True):
-            p = self.procs[i]
-            if p.poll() is None:
-                try:
-                    os.killpg(p.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        for i in sorted(self.procs, reverse=True):
-            try:
-                self.procs[i].wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                pass
-            # the node's workers live in their own process groups: kill them by marker
-            for _ in range(3):
+            for _ in range(3):  # a process may fork between the scan and the kill
                 if not self.kill_node(i):
                     break
-                time.sleep(0.5)
+                time.sleep(0.2)
 
 
 @contextmanager

