@@ -2,12 +2,12 @@
 
 Run 1: ``python -m annotators.cli`` (tiny LLaVA on vLLM + tiny OWLv2 on Ray Data, its own private local
 Ray) over the extended bad-input corpus (annotators/badinputs.py, 7 shards: tars, parquet, a wrong-schema
-parquet, empty shards), with two injected faults (test hooks, ``GRAIN_ALLOW_TEST_HOOKS=1``): one key's MLLM
-call fails (→ a ``model_error`` row), and the Grounder actor is killed on the first good image, so Ray
-must restart it and retry the batch. As soon as the first shard is committed the driver gets ``kill -9``;
+parquet, empty shards), with an injected fault (test hooks, ``GRAIN_ALLOW_TEST_HOOKS=1``): one key's MLLM
+call fails (→ a ``model_error`` row). As soon as the first shard is committed the driver gets ``kill -9``;
 the Ray processes it started (orphaned, as a killed driver leaves them) are killed by PID, and the
 leftovers of a crash (a temp file, a half-written uncommitted shard) are planted.
-Run 2: the same command through ``--ray-address`` on a separate ``ray start --head`` cluster. The result
+Run 2: the same command through ``--ray-address`` on a separate ``ray start --head`` cluster, and the
+Grounder actor is killed on a good image not yet committed, so Ray must restart it and retry the batch. The result
 must be the row set the inputs fully determine (statuses, flags, sizes), 0 duplicates, the shards
 committed before the kill untouched, no temp files, nothing written outside the output folder, and the
 structured outputs must reach the grounder (descriptions + boxes) end to end.
@@ -70,14 +70,14 @@ def _listening(pids):
 def test_faults_then_sigkilled_driver_then_resume_on_a_cluster_gives_every_row_once(ray_local, tiny_models, tmp_path):
     corpus = build_bad_input_corpus(str(tmp_path / "in"), n_good=12, max_side=160, extended=True)
     inp, out = str(tmp_path / "in"), str(tmp_path / "out")
-    good_in_first, failing = "000000000", "000000001"  # astronaut and the next photo, both in shard 00000
+    failing = "000000001"  # a photo of shard 00000: its MLLM call fails in both runs (→ model_error)
     marker = str(tmp_path / "crashed-once")
-    inject = json.dumps({"fail_keys": [failing], "crash_key": good_in_first, "crash_marker": marker,
-                         "crash_stage": "ground"})
+    # ≥ 0.3 s per MLLM batch: the shards after the first one need seconds more, so the kill lands mid-run.
+    inject = {"fail_keys": [failing], "describe_delay_s": 0.3}
     env = {**os.environ, "PYTHONPATH": os.getcwd(), "GRAIN_ALLOW_TEST_HOOKS": "1"}  # run.inject is a test hook
     before = _tree(str(tmp_path), skip=out)
     log1 = open(tmp_path / "run1.log", "w")
-    proc = subprocess.Popen(_cmd(inp, out, "--set", f"run.inject={inject}"), env=env, stdout=log1,
+    proc = subprocess.Popen(_cmd(inp, out, "--set", f"run.inject={json.dumps(inject)}"), env=env, stdout=log1,
                             stderr=subprocess.STDOUT, start_new_session=True)
     seen_procs: dict[int, psutil.Process] = {}
     sockets: dict = {}
@@ -107,21 +107,26 @@ def test_faults_then_sigkilled_driver_then_resume_on_a_cluster_gives_every_row_o
     RECORDED["sockets"] = sockets
     assert still_running, "run 1 ended before the kill: " + open(tmp_path / "run1.log").read()[-3000:]
     assert done_at_kill and len(done_at_kill) < N_SHARDS, done_at_kill
-    assert os.path.exists(marker), "the fault injection did not kill the Grounder actor"
     committed_mtimes = {f: os.path.getmtime(os.path.join(out, f[: -len(".done")])) for f in done_at_kill}
     # Leftovers of a crash: a temp file and an uncommitted half-written shard.
     pending = next(f"{i:05d}" for i in range(N_SHARDS) if f"{i:05d}.parquet.done" not in done_at_kill)
     open(os.path.join(out, f".{pending}.parquet.x1.tmp"), "wb").write(b"partial")
     open(os.path.join(out, f"{pending}.parquet"), "wb").write(b"not parquet")
 
-    # Run 2: the same command (no faults) through the CLI, on a separate `ray start --head` cluster.
+    # Run 2: the same command through the CLI, on a separate `ray start --head` cluster; this time the
+    # Grounder actor is killed on a good image of a shard not yet committed, so Ray must restart it and
+    # retry that batch.
+    committed_keys = {k for f in done_at_kill for k in read_table(os.path.join(out, f[: -len(".done")])).column("key").to_pylist()}
+    crash_key = sorted(k for k, e in corpus.expected.items() if e.status == "ok" and k not in committed_keys and k != failing)[0]
+    inject.update(crash_key=crash_key, crash_marker=marker, crash_stage="ground", describe_delay_s=0)
     from tests.annotators.ray_head import ray_head
 
     head_env = {"RAY_AUTH_MODE": "disabled"}
     with ray_head(env=head_env) as addr:
-        r = subprocess.run(_cmd(inp, out, "--ray-address", addr), env={**env, **head_env}, capture_output=True,
-                           text=True, timeout=400, start_new_session=True)
+        r = subprocess.run(_cmd(inp, out, "--ray-address", addr, "--set", f"run.inject={json.dumps(inject)}"),
+                           env={**env, **head_env}, capture_output=True, text=True, timeout=400, start_new_session=True)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-4000:])
+    assert os.path.exists(marker), "the fault injection did not kill the Grounder actor"
     summary = json.loads(r.stdout[r.stdout.index("{"):])
     assert summary["shards_skipped"] == len(done_at_kill)
     assert summary["shards_written"] == N_SHARDS - len(done_at_kill)
@@ -148,7 +153,7 @@ def test_faults_then_sigkilled_driver_then_resume_on_a_cluster_gives_every_row_o
         assert row["mllm_model"].startswith("tiny-llava@") and row["detector_model"].startswith("tiny-owlv2@")
         assert ("no_descriptions" in row["flags"]) == (not row["descriptions"])
     by_key = {row["key"]: row for row in rows}
-    assert by_key[good_in_first]["status"] == "ok"  # its batch was retried after the Grounder actor's restart
+    assert by_key[crash_key]["status"] == "ok"  # its batch was retried after the Grounder actor's restart
     assert "injected" in by_key[failing]["error"]
     # Structured outputs (tiny profile): the random MLLM's answers parse into descriptions, and the
     # grounder labels boxes with them, end to end.
