@@ -28,9 +28,8 @@ from tests.infra_k8s.conftest import REPO
 from tests.infra_k8s.multinode import local_ray_cluster, process_titles
 
 N_IMAGES = 8
-BATCH, EPOCHS = 2, 40  # 8 rows / (2 workers × 2) = 2 steps per epoch → 80 steps: on an idle machine
-# 20 steps took ~5 s and ended before the node kill landed; 80 steps with a checkpoint every 10 leave
-# time to kill node 1 after the first checkpoint without writing 40 checkpoints to S3
+BATCH, EPOCHS = 2, 20  # 8 rows / (2 workers × 2) = 2 steps per epoch → 40 steps, a checkpoint every 10: node 1
+# is killed as soon as Ray Train has registered the first checkpoint (its snapshot file is on S3), ~30 steps before the end
 RUN_NAME = "mn"
 
 
@@ -57,6 +56,13 @@ def _checkpoints(uri: str) -> list[str]:
     fs, path = storage.open_fs(uri)
     fs.invalidate_cache()
     return sorted(fs.glob(path + "/checkpoint_*/state.pt"))
+
+
+def _registered(uri: str) -> bool:
+    """Ray Train has registered a checkpoint: its checkpoint manager's snapshot is written after each."""
+    fs, path = storage.open_fs(uri)
+    fs.invalidate_cache()
+    return fs.exists(path + "/checkpoint_manager_snapshot.json")
 
 
 @pytest.mark.slow  # two raylets, a vLLM engine, two training attempts: ~4-6 min on 2 loaded cores
@@ -99,12 +105,11 @@ def test_annotate_and_train_on_two_nodes_survive_a_lost_node(s3_bucket, tiny_mod
             deadline = time.monotonic() + 300
             while time.monotonic() < deadline and train.poll() is None:
                 seen = [max(a, b) for a, b in zip(seen, _train_workers(cluster))]
-                # Two checkpoint folders on S3: the first one is then surely registered with Ray
-                # (a node killed while its newest checkpoint is still being reported restarts the
-                # run from the previous one, or from scratch if there is none).
-                if len(_checkpoints(ckpt_root)) >= 2 and all(seen):
+                # A registered checkpoint (a node killed while its newest checkpoint is still being
+                # reported restarts the run from the previous one, or from scratch if there is none).
+                if all(seen) and _registered(ckpt_root):
                     break
-                time.sleep(0.5)
+                time.sleep(0.25)
             assert train.poll() is None, "training ended before a node could be killed:\n" + open(log_path).read()[-4000:]
             assert _checkpoints(ckpt_root), "no checkpoint on S3 after 300 s:\n" + open(log_path).read()[-4000:]
             assert seen == [1, 1], f"expected one training worker per node, saw {seen}"
