@@ -176,7 +176,8 @@ def build_dataset(cfg: AnnotateConfig, shards: list, models: dict):
         fn_constructor_kwargs={"model": models["detector"], "max_boxes": m.max_boxes, "threads": run.threads_per_actor,
                                "grounder_kwargs": {"threshold": m.box_threshold, "nms_iou": m.nms_iou,
                                                    "revision": models.get("detector_revision"),
-                                                   "max_boxes": m.max_boxes, "batch_size": run.batch_size},
+                                                   "max_boxes": m.max_boxes, "batch_size": run.batch_size,
+                                                   "dtype": None if m.detector_dtype == "float32" else m.detector_dtype},
                                "inject": inject, "max_restarts": run.max_restarts,
                                "cpu_affinity": run.grounder_cpu_affinity})
     return ds

@@ -26,6 +26,7 @@ import time
 import pyarrow as pa
 
 from annotators.readers import InputShard, read_shard, record
+from grain.schema import MAX_DESCRIPTIONS
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +284,7 @@ class DescribeStage(_ModelStage):
 
     stage = "describe"
 
-    def __init__(self, model: str, family: str, describer_kwargs: dict, max_descriptions: int = 10,
+    def __init__(self, model: str, family: str, describer_kwargs: dict, max_descriptions: int = MAX_DESCRIPTIONS,
                  threads: int | None = None, inject: dict | None = None, max_restarts: int | None = None,
                  cpu_bind: str | None = None):
         super().__init__(threads, inject, max_restarts)

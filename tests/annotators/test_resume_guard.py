@@ -83,10 +83,10 @@ def test_a_different_resolved_model_refuses(tmp_path, label):
 def test_a_changed_prompt_text_refuses(tmp_path, monkeypatch):
     cfg = load_config(profile="tiny")
     out = _finished_folder(tmp_path, cfg)
-    monkeypatch.setattr(prompts, "DESCRIBE_QUESTION", prompts.DESCRIBE_QUESTION.replace("up to 10", "up to 5"))
+    monkeypatch.setattr(prompts, "DESCRIBE_TEMPLATE", prompts.DESCRIBE_TEMPLATE.replace("up to {", "at most {"))
     with pytest.raises(ManifestMismatch) as e:
         RunManifest(out).start_run(cfg.to_dict(), MODELS)
-    assert "prompt.text:" in str(e.value) and "up to 5" in str(e.value)
+    assert "prompt.text:" in str(e.value) and "at most 10" in str(e.value)
 
 
 def test_several_differences_are_all_named(tmp_path):
