@@ -19,6 +19,8 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from grain.runconfig import STRICT_KEYS  # run files are validated into these classes (trainers/config.py)
+
 KINDS = ("grain", "clip")
 MEMORY_POS = ("none", "sine")  # decoder memory positional encodings (ModelConfig.decoder_memory_pos)
 
@@ -26,6 +28,8 @@ MEMORY_POS = ("none", "sine")  # decoder memory positional encodings (ModelConfi
 @dataclass
 class ModelConfig:
     """Every number of the GRAIN / CLIP-baseline architecture. Defaults are the ``vit-b-16`` preset."""
+
+    __pydantic_config__ = STRICT_KEYS
 
     name: str = "vit-b-16"  # preset this config started from (informational)
     kind: str = "grain"  # "grain": towers + region decoder; "clip": the baseline, CLS → projection, L_ic only
@@ -111,6 +115,8 @@ class ModelConfig:
 @dataclass
 class LossConfig:
     """Loss weights and options: L = L_ic + λ_box·(L1 + L_GIoU) + λ_rd·L_rd (release defaults)."""
+
+    __pydantic_config__ = STRICT_KEYS
 
     lambda_box: float = 1.5  # weight of L1 and of (1 − GIoU) over matched boxes
     lambda_rd: float = 1.0  # weight of the region → description cross-entropy

@@ -140,6 +140,8 @@ def _message(err: dict) -> str:
         return f"unknown key {err['loc'][-1]!r}"
     if kind == "missing" or kind == "missing_argument":
         return "required, not set"
+    if kind == "value_error":  # a cross-field check of the class itself (__post_init__)
+        return str(err.get("ctx", {}).get("error", err["msg"]))
     head = next((v for k, v in _SHORT.items() if kind == k or kind.startswith(k + "_")), None)
     if kind == "literal_error":
         head = err["msg"].replace("Input should be", "expected")
@@ -148,17 +150,20 @@ def _message(err: dict) -> str:
     return f"{head}, got {err.get('input')!r}"
 
 
-def _fmt(loc: tuple, msg: str, sources: dict, default: str) -> str:
-    key = ".".join(str(p) for p in loc if not isinstance(p, int)) or "<config>"
+def _fmt(loc: tuple, msg: str, sources: dict, default: str, prefix: str = "") -> str:
+    key = (prefix + ".".join(str(p) for p in loc if not isinstance(p, int))).rstrip(".") or "<config>"
+    if not loc:  # the whole section: every source that contributed to it
+        return f"{key}: {msg} (from {', '.join(dict.fromkeys(sources.values())) or default})"
     src = next((sources[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in sources), default)
     return f"{key}: {msg} (from {src})"
 
 
-def load(cls, layers: Sequence[Layer], checks: typing.Callable | None = None):
+def load(cls, layers: Sequence[Layer], checks: typing.Callable | None = None, prefix: str = ""):
     """Merge ``layers`` in order and validate them into ``cls``; ConfigError naming key, value, source.
 
     ``checks(cfg)`` may return ``[(dotted key, message), ...]`` (cross-field and schema-limit checks);
-    each is reported with the source of that key."""
+    each is reported with the source of that key. ``prefix``: prepended to keys in messages (a section
+    validated on its own, e.g. ``model.``)."""
     data: dict = {}
     sources: dict = {}
     for layer in layers:
@@ -171,11 +176,11 @@ def load(cls, layers: Sequence[Layer], checks: typing.Callable | None = None):
     try:
         cfg = _adapter(cls).validate_python(data)
     except ValidationError as e:
-        msgs = [_fmt(tuple(err["loc"]), _message(err), sources, default) for err in e.errors()]
+        msgs = [_fmt(tuple(err["loc"]), _message(err), sources, default, prefix) for err in e.errors()]
         raise ConfigError("; ".join(msgs)) from None
     problems = list(checks(cfg)) if checks else []
     if problems:
-        raise ConfigError("; ".join(_fmt(tuple(k.split(".")), m, sources, default) for k, m in problems))
+        raise ConfigError("; ".join(_fmt(tuple(k.split(".")), m, sources, default, prefix) for k, m in problems))
     return cfg
 
 

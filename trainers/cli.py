@@ -57,7 +57,8 @@ def config_from_args(args: argparse.Namespace):
         over["use_gpu"] = True
     if args.baseline:
         over["model"] = {"kind": "clip"}
-    return load_config(args.config, profile=args.profile or (None if args.config else "tiny"), overrides=over, sets=args.sets)
+    return load_config(args.config, profile=args.profile or (None if args.config else "tiny"), overrides=over, sets=args.sets,
+                       source="command-line flags")
 
 
 def main(argv: list[str] | None = None) -> int:
