@@ -34,6 +34,8 @@ from dataclasses import asdict, dataclass, field
 
 from PIL import Image
 
+from grain.runconfig import STRICT_KEYS
+
 FORMAT_VERSION = "2"  # bump when the drawing or the encoding changes: cached corpora rebuild
 SPRITE_MAX_SIDE = 96  # px: sprites are cached at most this big; canvases are ~128 px
 MAX_SOURCE_PIXELS = 4096 * 4096  # decode bound for package PNGs (decompression-bomb guard)
@@ -58,6 +60,8 @@ class ObjectSpec:
 @dataclass
 class CorpusSpec:
     """How the training corpus is drawn (a ``corpus:`` section of the bench config)."""
+
+    __pydantic_config__ = STRICT_KEYS
 
     images: int = 4000  # rows written
     canvas: int = 128  # canvas side in px (training squash-resizes to the model's image size)
