@@ -82,9 +82,17 @@ class BenchConfig:
     train: dict = field(default_factory=dict)  # TrainConfig keys (trainers/config.py); model.kind is set per arm
 
 
-def bench_checks(cfg: BenchConfig) -> list[tuple[str, str]]:
-    from benchmarks.bench_grounding import parse_set_name
+def parse_set_name(name: str) -> tuple[str, str]:
+    """``"twitter-unseen"`` → ("twitter", "unseen"); ValueError naming the set otherwise."""
+    from evaluation.emoji import STYLES
 
+    style, _, split = name.partition("-")
+    if style not in STYLES or split not in ("seen", "unseen"):
+        raise ValueError(f"eval set {name!r}: expected <style>-<seen|unseen> with style in {STYLES}")
+    return style, split
+
+
+def bench_checks(cfg: BenchConfig) -> list[tuple[str, str]]:
     out = []
     if cfg.train.get("model", {}).get("kind") not in (None, "grain"):
         out.append(("train.model.kind", "is set per arm; leave it out or set it to grain"))

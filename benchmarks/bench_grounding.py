@@ -36,24 +36,13 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.bench_config import load_bench_config  # noqa: F401  (the typed bench config; re-exported)
-
+from benchmarks.bench_config import load_bench_config, parse_set_name  # noqa: F401  (re-exported)
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "bench-grounding.yaml"
 SMOKE_CONFIG = CONFIG_DIR / "bench-grounding-smoke.yaml"
 HELDOUT_NOTE = "held-out"
 SECTIONS = ("bench", "classes", "corpus", "eval", "train")  # benchmarks/bench_config.py types them
-
-
-def parse_set_name(name: str) -> tuple[str, str]:
-    """``"twitter-unseen"`` → ("twitter", "unseen"); ValueError naming the set otherwise."""
-    from evaluation.emoji import STYLES
-
-    style, _, split = name.partition("-")
-    if style not in STYLES or split not in ("seen", "unseen"):
-        raise ValueError(f"eval set {name!r}: expected <style>-<seen|unseen> with style in {STYLES}")
-    return style, split
 
 
 # ---------------------------------------------------------------------------------------------
