@@ -45,7 +45,7 @@ class ModelsConfig:
     # can change under a running project. The paper profile pins both (docs/reliability.md, "Pinned
     # models"); ignored for "tiny" and local dirs. Override with --set models.mllm_revision=<sha>.
     mllm_revision: str | None = None
-    detector_revision: str | None = None
+    detector_revision: str | None = None  # hub commit of ``detector`` (see mllm_revision)
     max_new_tokens: int = 256  # MLLM generation budget per image (descriptions + caption)
     # vLLM structured outputs: generation constrained to the prompt's layout (prompts.answer_regex), so
     # the parser always finds a caption and ≥ 1 bullet; off = free generation (the release's behaviour).
@@ -89,11 +89,11 @@ class RunConfig:
     describer_actors: int = 1  # max actors in the Describer pool (min 1)
     grounder_actors: int = 1  # max actors in the Grounder pool (min 1)
     describer_cpus: float = 0.5  # per Describer actor; fractional so read/decode tasks still run
-    grounder_cpus: float = 0.5
+    grounder_cpus: float = 0.5  # per Grounder actor
     describer_gpus: float = 0.0  # >0 on GPU clusters
-    grounder_gpus: float = 0.0
+    grounder_gpus: float = 0.0  # >0 on GPU clusters
     task_cpus: float = 0.25  # per read/decode task
-    decode_batch_size: int = 16
+    decode_batch_size: int = 16  # rows per decode task (and per block between the stages)
     # Restarts of each model actor after an engine/process death; Ray Data retries the batch that was
     # running. Bounded by the stage itself (Ray Data's own default is unbounded): no endless loop.
     max_restarts: int = 3
@@ -105,7 +105,7 @@ class RunConfig:
     # "auto" = the last CPU, which vLLM's auto binding leaves free; its torch threads = their count).
     # None = no pinning (GPU nodes).
     describer_cpu_bind: str | None = None
-    grounder_cpu_affinity: OneOrList | None = None
+    grounder_cpu_affinity: OneOrList | None = None  # CPU ids the grounder actor pins itself to, or "auto"; None = no pinning
     ray_address: str | None = None  # None: local Ray (or the one already initialised); else a cluster
     ray_num_cpus: int | None = None  # CPUs of a local Ray started here (None = all)
     ray_dashboard: bool = False  # a local Ray started here serves its dashboard (127.0.0.1) only when true
@@ -126,7 +126,7 @@ class AnnotateConfig:
 
     input: OneOrList = field(default_factory=list)  # paths: tar/parquet files or folders of shards/images
     output: str = ""  # output folder (manifest.json + NNNNN.parquet)
-    profile: str = "tiny"
+    profile: str = "tiny"  # model profile the run started from (--profile): tiny | paper
     models: ModelsConfig = field(default_factory=ModelsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     run: RunConfig = field(default_factory=RunConfig)

@@ -60,7 +60,7 @@ class EvalSection:
     seed: int = 0  # placement seed of the evaluation canvases
     canvas: int | None = None  # canvas side in px; None = corpus.canvas
     min_scale: float = 0.3  # object's longer side as a fraction of the canvas side
-    max_scale: float = 0.6
+    max_scale: float = 0.6  # largest object side as a fraction of the canvas side
     photo_background_prob: float | None = None  # None = corpus.photo_background_prob
     templates: list[str] | None = None  # prompt templates ("{}" = class name); None = the defaults
     alphas: list[float] = field(default_factory=lambda: [1.0, 0.5])  # fusion α (GRAIN only); α = 1: descriptors

@@ -65,16 +65,16 @@ class CorpusSpec:
 
     images: int = 4000  # rows written
     canvas: int = 128  # canvas side in px (training squash-resizes to the model's image size)
-    min_objects: int = 2
-    max_objects: int = 4
+    min_objects: int = 2  # objects per canvas, at least
+    max_objects: int = 4  # objects per canvas, at most
     min_scale: float = 0.22  # object's longer side as a fraction of the canvas side
-    max_scale: float = 0.45
+    max_scale: float = 0.45  # largest object side as a fraction of the canvas side
     max_overlap: float = 0.15  # reject placements whose IoU with a placed object exceeds this
     photo_background_prob: float = 0.5  # else a plain light colour
     tuxpaint_prob: float = 0.2  # chance that an object slot holds a Tux Paint cut-out
-    shard_size: int = 500
+    shard_size: int = 500  # rows per Parquet shard
     row_group_size: int = 100  # small row groups: the trainer shuffles within windows of groups
-    seed: int = 1234
+    seed: int = 1234  # drawing seed of the corpus
 
     def __post_init__(self):
         if not 1 <= self.min_objects <= self.max_objects:

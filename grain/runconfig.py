@@ -214,14 +214,15 @@ def field_help(cls) -> dict[str, str]:
         m = _FIELD.match(line)
         if m and not s.startswith(("def ", "@", "return")):
             text = m.group("c") or " ".join(block)
-            out.setdefault(m.group(1), text.split(". ")[0].strip())
+            text = text.split(". ")[0].strip()
+            out.setdefault(m.group(1), text if len(text) <= 120 else text[:119].rstrip() + "…")
         block = []
     return out
 
 
 def _type_name(tp) -> str:
-    s = str(tp).replace("typing.", "")
-    return re.sub(r"<class '([\w.]+)'>", r"\1", s)
+    s = re.sub(r"<class '([\w.]+)'>", r"\1", str(tp).replace("typing.", ""))
+    return re.sub(r"^Optional\[(.*)\]$", r"\1 | None", s)
 
 
 def describe(cls, prefix: str = "") -> list[tuple[str, str, str, str]]:

@@ -53,8 +53,8 @@ class OptimSettings:
     warmup_epochs: float = 1.0  # warm-up length in epochs (converted to steps)
     warmup_steps: int | None = None  # overrides warmup_epochs when set
     weight_decay: float = 0.1  # none on biases, norms, logit scale (GrainModel.param_groups)
-    betas: tuple[float, float] = (0.9, 0.98)
-    eps: float = 1e-8
+    betas: tuple[float, float] = (0.9, 0.98)  # AdamW (β1, β2)
+    eps: float = 1e-8  # AdamW epsilon
     grad_clip: float | None = None  # max global grad norm; None: no clipping
 
 
@@ -70,16 +70,16 @@ class TrainConfig:
     data: DataSettings = field(default_factory=DataSettings)
     optim: OptimSettings = field(default_factory=OptimSettings)
     epochs: int = 1  # the schedule spans all epochs; max_steps only stops early (resumable)
-    batch_size: int = 8
-    seed: int = 0
+    batch_size: int = 8  # per worker
+    seed: int = 0  # init and sample order
     max_steps: int | None = None  # stop after this global step (a checkpoint is written there)
     workers: int = 2  # Ray Train workers
-    use_gpu: bool = False
-    cpus_per_worker: float = 1.0
+    use_gpu: bool = False  # one GPU per worker (NCCL, bf16 autocast)
+    cpus_per_worker: float = 1.0  # Ray resources of each worker
     torch_threads: int | None = None  # CPU training: intra-op threads per worker (None: max(1, cpus_per_worker))
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
     checkpoint_every: int = 100  # steps between Ray checkpoints (and always at the last step)
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 2  # Ray checkpoints kept (the newest)
     log_every: int = 1  # steps between metric reports (report() is a barrier across workers)
     max_failures: int = 0  # FailureConfig: worker-group restarts from the latest checkpoint
     run_name: str | None = None  # RunConfig name; default: the output folder's name
