@@ -26,7 +26,7 @@ import time
 import pyarrow as pa
 
 from annotators.readers import InputShard, read_shard, record
-from grain.schema import MAX_DESCRIPTIONS
+from grain.schema import MAX_BOXES, MAX_DESCRIPTIONS
 
 log = logging.getLogger(__name__)
 
@@ -340,7 +340,7 @@ class GroundStage(_ModelStage):
 
     stage = "ground"
 
-    def __init__(self, model: str, grounder_kwargs: dict, max_boxes: int = 50, threads: int | None = None,
+    def __init__(self, model: str, grounder_kwargs: dict, max_boxes: int = MAX_BOXES, threads: int | None = None,
                  inject: dict | None = None, max_restarts: int | None = None, cpu_affinity: list | None = None):
         super().__init__(threads, inject, max_restarts, cpu_affinity)
         from annotators.grounder import Grounder
