@@ -254,7 +254,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", help="training seeds (default: the config's bench.seeds)")
     p.add_argument("--arms", nargs="+", choices=("clip", "grain"), help="arms to run (default both)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a config value, e.g. --set train.max_steps=50 (both arms alike)")
+                   help="override a config value, e.g. --set train.max_steps=50 (both arms alike; "
+                        "`grain config show bench` lists every key)")
     p.add_argument("--prepare-only", action="store_true", help="build the corpus and evaluation sets, train nothing")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p

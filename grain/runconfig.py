@@ -139,7 +139,7 @@ def _message(err: dict) -> str:
     if kind == "unexpected_keyword_argument":
         return f"unknown key {err['loc'][-1]!r}"
     if kind == "missing" or kind == "missing_argument":
-        return "required, not set"
+        return "required, not set by the run file, flags or overrides"
     if kind == "value_error":  # a cross-field check of the class itself (__post_init__)
         return str(err.get("ctx", {}).get("error", err["msg"]))
     head = next((v for k, v in _SHORT.items() if kind == k or kind.startswith(k + "_")), None)
@@ -152,6 +152,8 @@ def _message(err: dict) -> str:
 
 def _fmt(loc: tuple, msg: str, sources: dict, default: str, prefix: str = "") -> str:
     key = (prefix + ".".join(str(p) for p in loc if not isinstance(p, int))).rstrip(".") or "<config>"
+    if msg.startswith("required, not set"):
+        return f"{key}: {msg}"
     if not loc:  # the whole section: every source that contributed to it
         return f"{key}: {msg} (from {', '.join(dict.fromkeys(sources.values())) or default})"
     src = next((sources[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in sources), default)
