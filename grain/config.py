@@ -137,11 +137,11 @@ class LossConfig:
 
 
 def _from_dict(cls, d: dict):
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}; known fields: {sorted(names)}")
-    return cls(**d)
+    """Validated through grain/runconfig.py like every run config: unknown keys and wrong types are
+    ConfigError (a ValueError) naming the key; ``__post_init__``'s checks still apply."""
+    from grain.runconfig import Layer, load
+
+    return load(cls, [Layer(dict(d), cls.__name__)])
 
 
 PRESETS: dict[str, dict] = {
