@@ -154,8 +154,9 @@ def _fmt(loc: tuple, msg: str, sources: dict, default: str, prefix: str = "") ->
     key = (prefix + ".".join(str(p) for p in loc if not isinstance(p, int))).rstrip(".") or "<config>"
     if msg.startswith("required, not set"):
         return f"{key}: {msg}"
-    if not loc:  # the whole section: every source that contributed to it
-        return f"{key}: {msg} (from {', '.join(dict.fromkeys(sources.values())) or default})"
+    if not loc:  # the whole section (a class's own cross-field check): every source that contributed
+        head = f"{key}: " if key != "<config>" else ""
+        return f"{head}{msg} (from {', '.join(dict.fromkeys(sources.values())) or default})"
     src = next((sources[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in sources), default)
     return f"{key}: {msg} (from {src})"
 
