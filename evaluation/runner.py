@@ -20,7 +20,7 @@ from dataclasses import asdict
 import torch
 from tqdm import tqdm
 
-from evaluation.config import EvalConfig, read_run_file  # noqa: F401  (read_run_file: re-exported)
+from evaluation.config import EvalConfig
 from evaluation.evalsets import ClassificationSet, RetrievalSet, decode_ref, load_evalset
 from evaluation.metrics import classification_metrics, retrieval_metrics
 

@@ -22,20 +22,20 @@ def _stage(name: str):
     from grain.runconfig import describe
 
     if name == "annotate":
-        from annotators.config import AnnotateConfig, load_config
+        from annotators.config import AnnotateConfig, load_config as load_annotate
 
-        return AnnotateConfig, [], lambda path, sets: load_config(path=path, overrides=sets)
+        return AnnotateConfig, [], lambda path, sets: load_annotate(path=path, overrides=sets)
     if name == "train":
         from grain.config import LossConfig, ModelConfig
-        from trainers.config import TrainConfig, load_config
+        from trainers.config import TrainConfig, load_config as load_train
 
         extra = [("model.preset", "str", "'tiny'", "grain.config PRESETS name; the other model.* keys override it")]
         extra += [r for r in describe(ModelConfig, "model.") if r[0] != "model.name"] + describe(LossConfig, "loss.")
-        return TrainConfig, extra, lambda path, sets: load_config(path, sets=sets)
+        return TrainConfig, extra, lambda path, sets: load_train(path, sets=sets)
     if name == "eval":
-        from evaluation.config import EvalConfig, load_config
+        from evaluation.config import EvalConfig, load_config as load_eval
 
-        return EvalConfig, [], lambda path, sets: load_config(path, sets=sets)
+        return EvalConfig, [], lambda path, sets: load_eval(path, sets=sets)
     if name == "bench":
         from benchmarks.bench_config import BenchConfig, load_bench_config
 
