@@ -5,7 +5,8 @@ Each function loads the stage's typed config with the stage's own loader and cal
 ``evaluation.runner.run_eval(cfg)`` (docs/ARCHITECTURE.md names them under ``*.cli``; they live here).
 When the flow runs on the local stack (``RAY_ADDRESS`` set) the stage is pointed at that cluster
 unless the overrides already name one. The ``overrides`` mapping reaches the stage's loader as is (no
-round trip through ``--set`` strings); its errors name the source ``flow parameter overrides``. Imports are lazy so deployments load without the stages' deps.
+round trip through ``--set`` strings); its errors name the source ``flow parameter overrides``.
+Imports are lazy so deployments load without the stages' deps.
 """
 
 from __future__ import annotations
