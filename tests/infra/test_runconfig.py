@@ -132,3 +132,20 @@ def test_config_show_lists_every_key_with_type_default_and_meaning(capsys):
     for stage in ("train", "eval", "bench"):
         assert main(["config", "show", stage]) == 0
         assert all(len(line.split(None, 3)) == 4 for line in capsys.readouterr().out.splitlines()[2:])
+
+
+def test_every_shipped_run_file_loads_with_its_stage(capsys):
+    """Each file in configs/ validates with its stage's loader (`grain config check STAGE FILE`)."""
+    import glob
+    import os
+
+    from infra.cli import main
+
+    stage_of = {"annotate": "annotate", "eval": "eval", "bench": "bench", "tiny": "train", "vit": "train"}
+    files = sorted(glob.glob(os.path.join(os.path.dirname(SMOKE_CONFIG), "*.yaml")))
+    assert len(files) >= 8
+    for path in files:
+        stage = stage_of[os.path.basename(path).split("-")[0]]
+        extra = ["--set", "checkpoint=c.pt"] if stage == "eval" else []
+        assert main(["config", "check", stage, path, *extra]) == 0, capsys.readouterr().err
+    capsys.readouterr()
