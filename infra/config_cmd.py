@@ -29,7 +29,8 @@ def _stage(name: str):
         from grain.config import LossConfig, ModelConfig
         from trainers.config import TrainConfig, load_config as load_train
 
-        extra = [("model.preset", "str", "'tiny'", "grain.config PRESETS name; the other model.* keys override it")]
+        extra = [("model.preset", "str", "'tiny'", "grain.config PRESETS name (tiny | vit-b-16); model.* keys override "
+                  "it (their defaults below are vit-b-16's)")]
         extra += [r for r in describe(ModelConfig, "model.") if r[0] != "model.name"] + describe(LossConfig, "loss.")
         return TrainConfig, extra, lambda path, sets: load_train(path, sets=sets)
     if name == "eval":
