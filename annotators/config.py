@@ -182,8 +182,8 @@ def load_config(profile: str | None = None, path: str | None = None,
         if profile not in PROFILES:
             raise ConfigError(f"--profile {profile!r}: expected one of {PROFILES}")
         layers.append(Layer.from_file(os.path.join(CONFIG_DIR, f"annotate-{profile}.yaml")))
-    if path is not None:
-        layers.append(Layer.from_file(path))
+    if path is not None:  # a pipeline run file keeps this stage's settings under ``annotate:``
+        layers.append(Layer.from_file(path, "annotate"))
     if profile is not None:  # the profile given wins over a run file's ``profile:``
         layers.append(Layer({"profile": profile}, f"--profile {profile}"))
     if isinstance(overrides, typing.Mapping):

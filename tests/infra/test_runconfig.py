@@ -149,3 +149,16 @@ def test_every_shipped_run_file_loads_with_its_stage(capsys):
         extra = ["--set", "checkpoint=c.pt"] if stage == "eval" else []
         assert main(["config", "check", stage, path, *extra]) == 0, capsys.readouterr().err
     capsys.readouterr()
+
+
+def test_one_pipeline_run_file_serves_every_stage(tmp_path):
+    from annotators.config import load_config as load_annotate
+    from evaluation.config import load_config as load_eval
+    from trainers.config import load_config as load_train
+
+    run = tmp_path / "pipeline.yaml"
+    run.write_text("annotate:\n  run: {batch_size: 2}\ntrain:\n  optim: {lr: 3e-4}\n"
+                   "eval:\n  checkpoint: c.pt\n  datasets: [flags]\n  limit: 5\n")
+    assert load_annotate(profile="tiny", path=str(run)).run.batch_size == 2
+    assert load_train(run, profile="tiny").optim.lr == 3e-4
+    assert load_eval(run).limit == 5
