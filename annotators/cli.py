@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", choices=PROFILES, default="tiny", help="model profile (default: tiny)")
     p.add_argument("--config", metavar="FILE", help="YAML run file applied over the profile")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                   help="override a config field, e.g. run.batch_size=8 (repeatable)")
+                   help="override a config field, e.g. run.batch_size=8 (repeatable; `grain config show annotate` lists every "
+                        "key with its type, default and meaning)")
     p.add_argument("--ray-address", metavar="ADDR",
                    help="join an existing Ray cluster (e.g. 127.0.0.1:6380 or auto); default: a local Ray. A cluster in "
                         "token mode (the local stack's, every KubeRay one) needs RAY_AUTH_MODE=token and the token "

@@ -4,7 +4,11 @@
 
 Profiles (docs/ARCHITECTURE.md): ``tiny`` uses the locally built random-weight checkpoints
 (``models.mllm: tiny``), ``paper`` the real model ids (METHOD.md §1). A run file only needs the
-fields it changes; unknown keys are an error that names the key.
+fields it changes. Loading, ``--set`` parsing, type coercion and error messages are grain/runconfig.py's,
+the same for every stage: an unknown key or a wrong type is an error naming the key, the value and the
+file, flag or flow parameter it came from. Limits the shard schema enforces (grain/schema.py) are checked
+here, so no setting can promise what the writer would refuse. ``grain config show annotate`` lists
+every key with its type, default and meaning.
 """
 
 from __future__ import annotations
@@ -13,18 +17,26 @@ import dataclasses
 import os
 import typing
 from dataclasses import dataclass, field
+from typing import Annotated, Literal
 
-import yaml
+from pydantic import BeforeValidator
 
+from grain.runconfig import STRICT_KEYS, ConfigError, Layer, load
 from grain.safety import TestHookRefused, refuse_test_hooks
+from grain.schema import MAX_BOXES, MAX_DESCRIPTIONS
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 PROFILES = ("tiny", "paper")
+# A single value where a list is expected (``input: /data/shards``, ``grounder_cpu_affinity: auto``) is a
+# one-item list, as in every earlier run file.
+OneOrList = Annotated[list, BeforeValidator(lambda v: [v] if isinstance(v, (str, int)) and not isinstance(v, bool) else v)]
 
 
 @dataclass
 class ModelsConfig:
     """Which models annotate, and how they are called (METHOD.md §1)."""
+
+    __pydantic_config__ = STRICT_KEYS
 
     mllm: str = "tiny"  # "tiny" → ensure_tiny_models()'s LLaVA; else a hub id or a local dir
     mllm_family: str = "llava"  # prompt format of the MLLM ("llava", "qwen2_vl", ...)
@@ -33,7 +45,7 @@ class ModelsConfig:
     # can change under a running project. The paper profile pins both (docs/reliability.md, "Pinned
     # models"); ignored for "tiny" and local dirs. Override with --set models.mllm_revision=<sha>.
     mllm_revision: str | None = None
-    detector_revision: str | None = None
+    detector_revision: str | None = None  # hub commit of ``detector`` (see mllm_revision)
     max_new_tokens: int = 256  # MLLM generation budget per image (descriptions + caption)
     # vLLM structured outputs: generation constrained to the prompt's layout (prompts.answer_regex), so
     # the parser always finds a caption and ≥ 1 bullet; off = free generation (the release's behaviour).
@@ -41,9 +53,11 @@ class ModelsConfig:
     structured_output_backend: str = "guidance"  # vLLM backend: guidance (llguidance) | xgrammar | auto
     caption_max_chars: int = 300  # regex bound on the caption line (structured_output only)
     description_max_chars: int = 80  # regex bound on each bullet (structured_output only)
-    max_descriptions: int = 10  # METHOD.md §1: at most 10 descriptions per image
+    max_descriptions: int = MAX_DESCRIPTIONS  # METHOD.md §1: descriptions per image (prompt + parser); ≤ schema's cap
     box_threshold: float = 0.3  # METHOD.md §1: keep boxes whose best description score > 0.3
-    max_boxes: int = 50  # stored per image, sorted by score; the trainer takes the top 5
+    max_boxes: int = MAX_BOXES  # stored per image, sorted by score (≤ the schema's cap); the trainer takes the top 5
+    # OWLv2 weights/activations: bfloat16 is ≈5× faster on an H200 (annotators/grounder.py); CPU: float32.
+    detector_dtype: Literal["float32", "bfloat16"] = "float32"
     nms_iou: float | None = None  # per-description NMS; None = off (the release has none)
     enforce_eager: bool = True  # vLLM: skip torch.compile (17 s vs 33 s start on CPU)
     max_model_len: int = 4096  # vLLM context length
@@ -56,6 +70,8 @@ class ModelsConfig:
 class LimitsConfig:
     """Input safety limits. An image over a limit becomes an error row, never a crash."""
 
+    __pydantic_config__ = STRICT_KEYS
+
     max_image_pixels: int = 50_000_000  # decoded width*height; above: status too_large (bombs)
     max_image_bytes: int = 32 * 1024 * 1024  # encoded size; above: status too_large
     min_image_side: int = 8  # decoded min(width, height) below this: status too_small
@@ -67,15 +83,17 @@ class LimitsConfig:
 class RunConfig:
     """How the Ray Data job is shaped. CPU fractions matter on small nodes (docs: STACK.md, Ray)."""
 
+    __pydantic_config__ = STRICT_KEYS
+
     batch_size: int = 8  # images per model call (same for the MLLM and the detector)
     describer_actors: int = 1  # max actors in the Describer pool (min 1)
     grounder_actors: int = 1  # max actors in the Grounder pool (min 1)
     describer_cpus: float = 0.5  # per Describer actor; fractional so read/decode tasks still run
-    grounder_cpus: float = 0.5
+    grounder_cpus: float = 0.5  # per Grounder actor
     describer_gpus: float = 0.0  # >0 on GPU clusters
-    grounder_gpus: float = 0.0
+    grounder_gpus: float = 0.0  # >0 on GPU clusters
     task_cpus: float = 0.25  # per read/decode task
-    decode_batch_size: int = 16
+    decode_batch_size: int = 16  # rows per decode task (and per block between the stages)
     # Restarts of each model actor after an engine/process death; Ray Data retries the batch that was
     # running. Bounded by the stage itself (Ray Data's own default is unbounded): no endless loop.
     max_restarts: int = 3
@@ -87,7 +105,7 @@ class RunConfig:
     # "auto" = the last CPU, which vLLM's auto binding leaves free; its torch threads = their count).
     # None = no pinning (GPU nodes).
     describer_cpu_bind: str | None = None
-    grounder_cpu_affinity: list | None = None
+    grounder_cpu_affinity: OneOrList | None = None  # CPU ids the grounder actor pins itself to, or "auto"; None = no pinning
     ray_address: str | None = None  # None: local Ray (or the one already initialised); else a cluster
     ray_num_cpus: int | None = None  # CPUs of a local Ray started here (None = all)
     ray_dashboard: bool = False  # a local Ray started here serves its dashboard (127.0.0.1) only when true
@@ -104,19 +122,17 @@ class RunConfig:
 class AnnotateConfig:
     """One annotation run: input shards → one annotated Parquet shard per input shard in ``output``."""
 
-    input: list = field(default_factory=list)  # paths: tar/parquet files or folders of shards/images
+    __pydantic_config__ = STRICT_KEYS
+
+    input: OneOrList = field(default_factory=list)  # paths: tar/parquet files or folders of shards/images
     output: str = ""  # output folder (manifest.json + NNNNN.parquet)
-    profile: str = "tiny"
+    profile: str = "tiny"  # model profile the run started from (--profile): tiny | paper
     models: ModelsConfig = field(default_factory=ModelsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-class ConfigError(ValueError):
-    """A run file or override is invalid; the message names the key and the file."""
 
 
 def check_test_hooks(cfg: AnnotateConfig, where: str) -> None:
@@ -129,101 +145,59 @@ def check_test_hooks(cfg: AnnotateConfig, where: str) -> None:
         raise ConfigError(str(e)) from None
 
 
-def _coerce(value, tp, where: str):
-    """Check/convert a YAML value against a dataclass field type (str, int, float, bool, Optional, dict, list)."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], where)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}: expected true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
-    if tp is list or origin is list:
-        if isinstance(value, str):
-            return [value]
-        if isinstance(value, (list, tuple)):
-            return list(value)
-        raise ConfigError(f"{where}: expected a list, got {value!r}")
-    if tp is dict or origin is dict:
-        if isinstance(value, dict):
-            return dict(value)
-        raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-    return value
+def _hooks_in(layer: Layer) -> dict:
+    m, r = layer.data.get("models"), layer.data.get("run")
+    return {"run.inject": r.get("inject") if isinstance(r, dict) else None,
+            "models.extra_engine_args": m.get("extra_engine_args") if isinstance(m, dict) else None}
 
 
-def _merge(obj, data: dict, where: str) -> None:
-    """Merge a nested mapping into dataclass ``obj`` in place, type-checking every leaf."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(type(obj))
-    names = {f.name for f in dataclasses.fields(obj)}
-    for key, value in data.items():
-        if key not in names:
-            raise ConfigError(f"{where}: unknown key {key!r} (known: {sorted(names)})")
-        current = getattr(obj, key)
-        if dataclasses.is_dataclass(current):
-            _merge(current, value, f"{where}.{key}")
-        else:
-            setattr(obj, key, _coerce(value, hints[key], f"{where}.{key}"))
+def schema_checks(cfg: AnnotateConfig) -> list[tuple[str, str]]:
+    """Settings the shard schema (grain/schema.py) or the models would refuse: ``[(key, message)]``."""
+    m, out = cfg.models, []
+    if not 1 <= m.max_descriptions <= MAX_DESCRIPTIONS:
+        out.append(("models.max_descriptions", f"must be in [1, {MAX_DESCRIPTIONS}] (grain/schema.py MAX_DESCRIPTIONS), "
+                                               f"got {m.max_descriptions!r}"))
+    if not 1 <= m.max_boxes <= MAX_BOXES:
+        out.append(("models.max_boxes", f"must be in [1, {MAX_BOXES}] (grain/schema.py MAX_BOXES), got {m.max_boxes!r}"))
+    if not 0.0 <= m.box_threshold <= 1.0:
+        out.append(("models.box_threshold", f"must be in [0, 1] (a sigmoid score), got {m.box_threshold!r}"))
+    if m.nms_iou is not None and not 0.0 < m.nms_iou <= 1.0:
+        out.append(("models.nms_iou", f"must be in (0, 1] or null, got {m.nms_iou!r}"))
+    for key in ("max_new_tokens", "caption_max_chars", "description_max_chars", "max_model_len"):
+        if getattr(m, key) < 1:
+            out.append((f"models.{key}", f"must be ≥ 1, got {getattr(m, key)!r}"))
+    if cfg.run.batch_size < 1:
+        out.append(("run.batch_size", f"must be ≥ 1, got {cfg.run.batch_size!r}"))
+    return out
 
 
-def apply_override(cfg: AnnotateConfig, item: str) -> None:
-    """Apply one ``a.b=value`` override; the value is parsed as YAML (``8``, ``true``, ``null``, ``[a, b]``)."""
-    if "=" not in item:
-        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. run.batch_size=8")
-    dotted, raw = item.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--set {item!r}: value is not valid YAML ({e})") from None
-    nested: dict = {}
-    node = nested
-    parts = dotted.strip().split(".")
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-    node[parts[-1]] = value
-    _merge(cfg, nested, f"--set {dotted}")
+def load_config(profile: str | None = None, path: str | None = None,
+                overrides: typing.Sequence[str] | typing.Mapping = (), source: str = "overrides") -> AnnotateConfig:
+    """Build a config: defaults ← ``configs/annotate-<profile>.yaml`` ← ``path`` ← overrides.
 
-
-def load_config(profile: str | None = None, path: str | None = None, overrides: typing.Sequence[str] = ()) -> AnnotateConfig:
-    """Build a config: dataclass defaults ← ``configs/annotate-<profile>.yaml`` ← ``path`` ← overrides."""
-    cfg = AnnotateConfig()
-    files = []
+    ``overrides``: ``--set`` items (``["run.batch_size=8"]``) or a mapping of nested/dotted keys named
+    ``source`` in errors (a flow passes its ``overrides`` parameter as ``source="flow parameter overrides"``)."""
+    layers = []
     if profile is not None:
         if profile not in PROFILES:
             raise ConfigError(f"--profile {profile!r}: expected one of {PROFILES}")
-        files.append(os.path.join(CONFIG_DIR, f"annotate-{profile}.yaml"))
-    if path is not None:
-        files.append(path)
-    for f in files:
-        if not os.path.isfile(f):
-            raise ConfigError(f"config file {f!r} does not exist")
-        with open(f, encoding="utf-8") as fh:
-            try:
-                data = yaml.safe_load(fh) or {}
-            except yaml.YAMLError as e:
-                raise ConfigError(f"{f}: not valid YAML ({e})") from None
-        _merge(cfg, data, f)
-        check_test_hooks(cfg, f)
-    if profile is not None:
-        cfg.profile = profile
-    for item in overrides:
-        apply_override(cfg, item)
-        check_test_hooks(cfg, f"--set {item.split('=', 1)[0]}")
-    return cfg
+        layers.append(Layer.from_file(os.path.join(CONFIG_DIR, f"annotate-{profile}.yaml")))
+    if path is not None:  # a pipeline run file keeps this stage's settings under ``annotate:``
+        layers.append(Layer.from_file(path, "annotate"))
+    if profile is not None:  # the profile given wins over a run file's ``profile:``
+        layers.append(Layer({"profile": profile}, f"--profile {profile}"))
+    if isinstance(overrides, typing.Mapping):
+        layers.append(Layer.from_overrides(overrides, source))
+    else:
+        layers += Layer.from_sets(overrides)
+    for layer in layers:  # a test hook is named by the layer that sets it
+        where = layer.source.split("=", 1)[0]
+        try:
+            refuse_test_hooks(_hooks_in(layer), where)
+        except TestHookRefused as e:
+            raise ConfigError(str(e)) from None
+    return load(AnnotateConfig, layers, schema_checks)
+
+
+__all__ = ["CONFIG_DIR", "PROFILES", "AnnotateConfig", "ConfigError", "LimitsConfig", "ModelsConfig", "RunConfig",
+           "check_test_hooks", "load_config", "schema_checks"]

@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from grain.parse import MAX_DESCRIPTIONS, parse_mllm_output
 from annotators.prompts import (
     CAPTION_MAX_CHARS,
-    DESCRIBE_QUESTION,
     DESCRIPTION_MAX_CHARS,
     REQUEST_BUILDERS,
     ModelRequest,
     answer_regex,
+    describe_question,
     detect_family,
 )
 
@@ -80,7 +80,7 @@ class Describer:
     def __init__(self, model: str, family: str | None = None, max_new_tokens: int = 256,
                  max_descriptions: int = MAX_DESCRIPTIONS, temperature: float = 0.0, seed: int = 0,
                  enforce_eager: bool = False, max_model_len: int = 4096, dtype: str | None = None,
-                 question: str = DESCRIBE_QUESTION, structured_output: bool = False,
+                 question: str | None = None, structured_output: bool = False,
                  caption_max_chars: int = CAPTION_MAX_CHARS, description_max_chars: int = DESCRIPTION_MAX_CHARS,
                  structured_output_backend: str = "guidance", revision: str | None = None, **engine_kwargs):
         if not isinstance(model, str) or not model:
@@ -91,7 +91,7 @@ class Describer:
         self.family = family or detect_family(model)
         if self.family not in REQUEST_BUILDERS:
             raise ValueError(f"Describer: unknown family {self.family!r} for {model!r}; expected {sorted(REQUEST_BUILDERS)}")
-        self.request: ModelRequest = REQUEST_BUILDERS[self.family](question)
+        self.request: ModelRequest = REQUEST_BUILDERS[self.family](question or describe_question(max_descriptions))
         self.max_descriptions = max_descriptions
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; vLLM's CPU default (4+) is too much here
 

@@ -67,6 +67,9 @@ def content_settings(config: Mapping, models: Mapping) -> dict:
     for dotted in CONTENT_KEYS:
         section, key = dotted.split(".")
         out[dotted] = (config.get(section) or {}).get(key)
+    dtype = (config.get("models") or {}).get("detector_dtype")
+    if dtype not in (None, "float32"):  # recorded only off the default: folders written before the key resume
+        out["models.detector_dtype"] = dtype
     out.update({f"models.{k}": models.get(k) for k in MODEL_ID_KEYS})
     out.update(prompt_record(config.get("models") or {}))
     return json.loads(json.dumps(out, default=str))  # as it reads back from the manifest (tuples → lists)

@@ -130,6 +130,14 @@ def _ensure_ray(cfg: AnnotateConfig) -> bool:
     return ensure_ray(cfg.run.ray_address, cfg.run.ray_num_cpus, dashboard=cfg.run.ray_dashboard)
 
 
+def grounder_kwargs(cfg: AnnotateConfig, models: dict) -> dict:
+    """Keyword arguments of ``annotators.grounder.Grounder`` (besides the model) for this run."""
+    m = cfg.models
+    return {"threshold": m.box_threshold, "nms_iou": m.nms_iou, "revision": models.get("detector_revision"),
+            "max_boxes": m.max_boxes, "batch_size": cfg.run.batch_size,
+            "dtype": None if m.detector_dtype == "float32" else m.detector_dtype}  # None: the Grounder's float32
+
+
 def build_dataset(cfg: AnnotateConfig, shards: list, models: dict):
     """The lazy Ray Data pipeline over ``shards`` (see module docstring); yields intermediate rows."""
     import ray
@@ -174,9 +182,7 @@ def build_dataset(cfg: AnnotateConfig, shards: list, models: dict):
         compute=ActorPoolStrategy(min_size=1, max_size=max(1, run.grounder_actors)),
         num_cpus=run.grounder_cpus, num_gpus=run.grounder_gpus or None,
         fn_constructor_kwargs={"model": models["detector"], "max_boxes": m.max_boxes, "threads": run.threads_per_actor,
-                               "grounder_kwargs": {"threshold": m.box_threshold, "nms_iou": m.nms_iou,
-                                                   "revision": models.get("detector_revision"),
-                                                   "max_boxes": m.max_boxes, "batch_size": run.batch_size},
+                               "grounder_kwargs": grounder_kwargs(cfg, models),
                                "inject": inject, "max_restarts": run.max_restarts,
                                "cpu_affinity": run.grounder_cpu_affinity})
     return ds

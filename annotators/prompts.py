@@ -16,16 +16,27 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-# The question shown to the MLLM. The answer layout matches grain/parse.py (which also copes with
-# answers that ignore it).
-DESCRIBE_QUESTION = (
+from grain.schema import MAX_DESCRIPTIONS
+
+# The question shown to the MLLM (``describe_question(models.max_descriptions)``). The answer layout
+# matches grain/parse.py (which also copes with answers that ignore it).
+DESCRIBE_TEMPLATE = (
     "Look at the image carefully.\n"
     "First, write one line that starts with \"Caption:\" and gives a detailed one-sentence description of "
     "the whole image.\n"
-    "Then write \"Descriptions:\" and, one per line starting with \"- \", up to 10 short phrases that each "
+    "Then write \"Descriptions:\" and, one per line starting with \"- \", up to {max_descriptions} short phrases "
+    "that each "
     "describe one distinct object or part visible in the image with its colour, shape or texture "
     "(for example \"- a red double-decker bus\"). Do not repeat a phrase."
 )
+
+
+def describe_question(max_descriptions: int = MAX_DESCRIPTIONS) -> str:
+    """The question asking for at most ``max_descriptions`` phrases."""
+    return DESCRIBE_TEMPLATE.format(max_descriptions=max_descriptions)
+
+
+DESCRIBE_QUESTION = describe_question()  # at the schema's cap (grain/schema.py MAX_DESCRIPTIONS)
 
 
 # Structured outputs (vLLM guided decoding): the answer layout DESCRIBE_QUESTION asks for, as a regex the
@@ -38,7 +49,7 @@ DESCRIPTION_MAX_CHARS = 80  # "short phrases"; OWLv2 reads 16 tokens of each any
 _LINE_CHAR = r"[^\x00-\x1f\x7f]"  # one printable character (no newline, no control)
 
 
-def answer_regex(max_descriptions: int = 10, caption_max_chars: int = CAPTION_MAX_CHARS,
+def answer_regex(max_descriptions: int = MAX_DESCRIPTIONS, caption_max_chars: int = CAPTION_MAX_CHARS,
                  description_max_chars: int = DESCRIPTION_MAX_CHARS) -> str:
     """The regex of a well-formed answer::
 
@@ -104,15 +115,16 @@ def prompt_record(models: Mapping) -> dict:
     placeholder included), ``prompt.stop`` and ``prompt.answer_regex`` (None without structured output).
     The same rules as ``Describer``: a change to the question or the layout shows up here."""
     builder = REQUEST_BUILDERS.get(models.get("mllm_family"))
-    request = builder(DESCRIBE_QUESTION) if builder else None
+    question = describe_question(models.get("max_descriptions", MAX_DESCRIPTIONS))
+    request = builder(question) if builder else None
     regex = None
     if models.get("structured_output"):
         try:
-            regex = answer_regex(models.get("max_descriptions", 10), models.get("caption_max_chars", CAPTION_MAX_CHARS),
+            regex = answer_regex(models.get("max_descriptions", MAX_DESCRIPTIONS), models.get("caption_max_chars", CAPTION_MAX_CHARS),
                                  models.get("description_max_chars", DESCRIPTION_MAX_CHARS))
         except ValueError as e:  # the Describer refuses such bounds when it starts; the record says why
             regex = f"invalid: {e}"
-    return {"prompt.text": request.prompt if request else DESCRIBE_QUESTION,
+    return {"prompt.text": request.prompt if request else question,
             "prompt.stop": list(request.stop) if request else [], "prompt.answer_regex": regex}
 
 

@@ -26,6 +26,7 @@ import time
 import pyarrow as pa
 
 from annotators.readers import InputShard, read_shard, record
+from grain.schema import MAX_BOXES, MAX_DESCRIPTIONS
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +284,7 @@ class DescribeStage(_ModelStage):
 
     stage = "describe"
 
-    def __init__(self, model: str, family: str, describer_kwargs: dict, max_descriptions: int = 10,
+    def __init__(self, model: str, family: str, describer_kwargs: dict, max_descriptions: int = MAX_DESCRIPTIONS,
                  threads: int | None = None, inject: dict | None = None, max_restarts: int | None = None,
                  cpu_bind: str | None = None):
         super().__init__(threads, inject, max_restarts)
@@ -339,7 +340,7 @@ class GroundStage(_ModelStage):
 
     stage = "ground"
 
-    def __init__(self, model: str, grounder_kwargs: dict, max_boxes: int = 50, threads: int | None = None,
+    def __init__(self, model: str, grounder_kwargs: dict, max_boxes: int = MAX_BOXES, threads: int | None = None,
                  inject: dict | None = None, max_restarts: int | None = None, cpu_affinity: list | None = None):
         super().__init__(threads, inject, max_restarts, cpu_affinity)
         from annotators.grounder import Grounder

@@ -36,59 +36,13 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
+from benchmarks.bench_config import load_bench_config, parse_set_name  # noqa: F401  (re-exported)
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "bench-grounding.yaml"
 SMOKE_CONFIG = CONFIG_DIR / "bench-grounding-smoke.yaml"
 HELDOUT_NOTE = "held-out"
-SECTIONS = ("bench", "classes", "corpus", "eval", "train")
-
-
-def load_bench_config(path: str | os.PathLike, sets: list[str] | None = None) -> dict:
-    """The bench YAML (sections ``bench``, ``classes``, ``corpus``, ``eval``, ``train``) with
-    ``--set section.key=value`` overrides applied. Errors name the file and the bad key."""
-    from trainers.config import parse_set  # the trainer's `--set key=value` grammar (values as YAML scalars)
-
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"bench config not found: {p}")
-    cfg = yaml.safe_load(p.read_text()) or {}
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{p}: a bench config must be a YAML mapping")
-    unknown = sorted(set(cfg) - set(SECTIONS))
-    if unknown:
-        raise ValueError(f"{p}: unknown section(s) {unknown}; known: {list(SECTIONS)}")
-    over = parse_set(sets or [])
-    bad = sorted(set(over) - set(SECTIONS))
-    if bad:
-        raise ValueError(f"--set: unknown section(s) {bad}; use one of {list(SECTIONS)} (e.g. train.max_steps=10)")
-    cfg = _merged(cfg, over)
-    for s in SECTIONS:
-        cfg.setdefault(s, {})
-    if cfg["train"].get("model", {}).get("kind") not in (None, "grain"):
-        raise ValueError(f"{p}: train.model.kind is set per arm; leave it out or set it to grain")
-    cfg["_path"] = str(p)
-    return cfg
-
-
-def _merged(base: dict, over: dict) -> dict:
-    """``over`` laid over ``base``, mapping by mapping (the bench's sections are plain YAML here; the
-    ``train`` section becomes a TrainConfig only through ``trainers.config.load_config``)."""
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def parse_set_name(name: str) -> tuple[str, str]:
-    """``"twitter-unseen"`` → ("twitter", "unseen"); ValueError naming the set otherwise."""
-    from evaluation.emoji import STYLES
-
-    style, _, split = name.partition("-")
-    if style not in STYLES or split not in ("seen", "unseen"):
-        raise ValueError(f"eval set {name!r}: expected <style>-<seen|unseen> with style in {STYLES}")
-    return style, split
+SECTIONS = ("bench", "classes", "corpus", "eval", "train")  # benchmarks/bench_config.py types them
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,7 +254,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", help="training seeds (default: the config's bench.seeds)")
     p.add_argument("--arms", nargs="+", choices=("clip", "grain"), help="arms to run (default both)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override a config value, e.g. --set train.max_steps=50 (both arms alike)")
+                   help="override a config value, e.g. --set train.max_steps=50 (both arms alike; "
+                        "`grain config show bench` lists every key)")
     p.add_argument("--prepare-only", action="store_true", help="build the corpus and evaluation sets, train nothing")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p

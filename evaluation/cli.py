@@ -23,6 +23,8 @@ def eval_main(argv: list[str] | None = None) -> int:
                         "(`grain data list`); repeatable")
     p.add_argument("--output", required=True, help="output folder (results.json, results.md, results.png)")
     p.add_argument("--config", help="YAML run file with EvalConfig fields (command-line flags override it)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override an EvalConfig field, e.g. limit=50 (repeatable; `grain config show eval` lists them)")
     p.add_argument("--alpha", type=float, nargs="+", help="fusion weights α of the global score (default 1 0.75 0.5 0.25 0)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--limit", type=int, help="at most N images per data set")
@@ -38,16 +40,13 @@ def eval_main(argv: list[str] | None = None) -> int:
             out = write_comparison(args.compare, args.output, args.labels)
             print(json.dumps(out, indent=1))
             return 0
-        from evaluation.runner import read_run_file
+        from evaluation.config import load_config
 
-        cfg = read_run_file(args.config) if args.config else {}
-        for key, val in (("checkpoint", args.checkpoint), ("datasets", args.dataset), ("output", args.output),
-                         ("alphas", args.alpha), ("batch_size", args.batch_size), ("limit", args.limit),
-                         ("train_manifest", args.train_manifest), ("model_name", args.name)):
-            if val is not None:
-                cfg[key] = val
-        if not cfg.get("checkpoint"):
-            p.error("--checkpoint is required (or `checkpoint:` in --config)")
+        flags = {key: val for key, val in (
+            ("checkpoint", args.checkpoint), ("datasets", args.dataset), ("output", args.output),
+            ("alphas", args.alpha), ("batch_size", args.batch_size), ("limit", args.limit),
+            ("train_manifest", args.train_manifest), ("model_name", args.name)) if val is not None}
+        cfg = load_config(args.config, flags, args.sets, source="command-line flags")
         from evaluation.report import summary_lines
         from evaluation.runner import run_eval
 

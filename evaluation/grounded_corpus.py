@@ -34,6 +34,8 @@ from dataclasses import asdict, dataclass, field
 
 from PIL import Image
 
+from grain.runconfig import STRICT_KEYS
+
 FORMAT_VERSION = "2"  # bump when the drawing or the encoding changes: cached corpora rebuild
 SPRITE_MAX_SIDE = 96  # px: sprites are cached at most this big; canvases are ~128 px
 MAX_SOURCE_PIXELS = 4096 * 4096  # decode bound for package PNGs (decompression-bomb guard)
@@ -59,18 +61,20 @@ class ObjectSpec:
 class CorpusSpec:
     """How the training corpus is drawn (a ``corpus:`` section of the bench config)."""
 
+    __pydantic_config__ = STRICT_KEYS
+
     images: int = 4000  # rows written
     canvas: int = 128  # canvas side in px (training squash-resizes to the model's image size)
-    min_objects: int = 2
-    max_objects: int = 4
+    min_objects: int = 2  # objects per canvas, at least
+    max_objects: int = 4  # objects per canvas, at most
     min_scale: float = 0.22  # object's longer side as a fraction of the canvas side
-    max_scale: float = 0.45
+    max_scale: float = 0.45  # largest object side as a fraction of the canvas side
     max_overlap: float = 0.15  # reject placements whose IoU with a placed object exceeds this
     photo_background_prob: float = 0.5  # else a plain light colour
     tuxpaint_prob: float = 0.2  # chance that an object slot holds a Tux Paint cut-out
-    shard_size: int = 500
+    shard_size: int = 500  # rows per Parquet shard
     row_group_size: int = 100  # small row groups: the trainer shuffles within windows of groups
-    seed: int = 1234
+    seed: int = 1234  # drawing seed of the corpus
 
     def __post_init__(self):
         if not 1 <= self.min_objects <= self.max_objects:

@@ -15,55 +15,14 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 import torch
 from tqdm import tqdm
 
+from evaluation.config import EvalConfig
 from evaluation.evalsets import ClassificationSet, RetrievalSet, decode_ref, load_evalset
 from evaluation.metrics import classification_metrics, retrieval_metrics
-
-
-@dataclass
-class EvalConfig:
-    """One evaluation run. ``datasets``: folders/shards (any layout of evaluation.evalsets) or names of
-    the local sets (``emoji-google-animals``, ``flags``; built on demand by evaluation.datasets)."""
-
-    checkpoint: str
-    datasets: list[str]
-    output: str = "eval-out"
-    alphas: list[float] = field(default_factory=lambda: [1.0, 0.75, 0.5, 0.25, 0.0])
-    batch_size: int = 64
-    limit: int | None = None  # at most this many images per set (round-robin over classes)
-    templates: list[str] | None = None  # overrides the set's and grain.zeroshot's default templates
-    captions: str = "both"  # annotated shards as retrieval sets: "both" | "source" | "mllm"
-    train_manifest: str | list[str] | None = None  # training shards for the seen/unseen split
-    model_name: str | None = None  # label in outputs (default: the checkpoint's file name)
-    device: str = "cpu"
-    build_missing: bool = True  # build a named local set when it is not built yet
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "EvalConfig":
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"EvalConfig: unknown key(s) {unknown}; known: {sorted(known)}")
-        return cls(**d)
-
-
-def read_run_file(path: str) -> dict:
-    """The EvalConfig fields of a YAML run file: its ``eval:`` section, else the whole file (a mapping).
-    ValueError naming ``path`` when it cannot be read or is not a mapping."""
-    import yaml
-
-    try:
-        with open(path, encoding="utf-8") as f:
-            doc = yaml.safe_load(f) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ValueError(f"{path}: not a readable YAML run file ({e})") from e
-    if not isinstance(doc, dict):
-        raise ValueError(f"{path}: expected a mapping of EvalConfig fields")
-    return doc.get("eval", doc)
 
 
 def _resolve_dataset(ref: str, build_missing: bool) -> str:

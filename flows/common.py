@@ -1,4 +1,4 @@
-"""Shared Prefect wiring: override handling, where artifact files go, the Ray dashboard link, progress.
+"""Shared Prefect wiring: override flattening, where artifact files go, the Ray dashboard link, progress.
 
 Artifacts hold markdown, not image bytes: PNGs are written under ``$GRAIN_ARTIFACT_DIR/<flow run id>/``
 (the local stack serves that folder on 127.0.0.1, ``$GRAIN_ARTIFACT_URL``) and referenced by URL.
@@ -12,14 +12,12 @@ import os
 import threading
 from collections.abc import Callable, Mapping
 
-import yaml
-
 
 def flatten_overrides(overrides: Mapping | None, prefix: str = "") -> dict:
     """``{"run": {"batch_size": 4}, "models.mllm": "tiny"}`` → ``{"run.batch_size": 4, "models.mllm": "tiny"}``.
 
-    Nested mappings and dotted keys may be mixed; a dict value that is a leaf (e.g. ``extra_engine_args``)
-    is written with a dotted key of its own parent plus ``={...}`` by callers that need it.
+    Nested mappings and dotted keys may be mixed. The stages' loaders take the result as is
+    (grain/runconfig.py ``Layer.from_overrides``).
     """
     if overrides is None:
         return {}
@@ -34,31 +32,6 @@ def flatten_overrides(overrides: Mapping | None, prefix: str = "") -> dict:
             out.update(flatten_overrides(value, dotted))
         else:
             out[dotted] = value
-    return out
-
-
-def as_set_items(overrides: Mapping | None) -> list[str]:
-    """Overrides → the stages' ``--set KEY=VALUE`` items (values rendered as YAML flow scalars)."""
-    items = []
-    for key, value in flatten_overrides(overrides).items():
-        rendered = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
-        if rendered.endswith("\n..."):
-            rendered = rendered[: -len("\n...")]
-        if rendered.endswith("..."):
-            rendered = rendered[:-3].strip()
-        items.append(f"{key}={rendered}")
-    return items
-
-
-def nest(flat: Mapping) -> dict:
-    """Dotted keys → nested dict (the trainer's ``overrides`` argument)."""
-    out: dict = {}
-    for dotted, value in flatten_overrides(flat).items():
-        node = out
-        parts = dotted.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = value
     return out
 
 

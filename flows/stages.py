@@ -4,14 +4,18 @@ Each function loads the stage's typed config with the stage's own loader and cal
 ``grain`` subcommand calls: ``annotators.pipeline.run_annotation(cfg)``, ``trainers.run.run_training(cfg)``,
 ``evaluation.runner.run_eval(cfg)`` (docs/ARCHITECTURE.md names them under ``*.cli``; they live here).
 When the flow runs on the local stack (``RAY_ADDRESS`` set) the stage is pointed at that cluster
-unless the overrides already name one. Imports are lazy so deployments load without the stages' deps.
+unless the overrides already name one. The ``overrides`` mapping reaches the stage's loader as is (no
+round trip through ``--set`` strings); its errors name the source ``flow parameter overrides``.
+Imports are lazy so deployments load without the stages' deps.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-from flows.common import as_set_items, flatten_overrides, nest, ray_address
+from flows.common import flatten_overrides, ray_address
+
+SOURCE = "flow parameter overrides"  # how validation errors name the flow's ``overrides``
 
 
 def _with_ray(overrides: Mapping | None, key: str) -> dict:
@@ -27,7 +31,7 @@ def annotation_config(config: str | None, overrides: Mapping | None = None):
     from annotators.config import load_config
 
     flat = _with_ray(overrides, "run.ray_address")
-    return load_config(profile=None if config else "tiny", path=config, overrides=as_set_items(flat))
+    return load_config(profile=None if config else "tiny", path=config, overrides=flat, source=SOURCE)
 
 
 def annotation_entry():
@@ -42,7 +46,7 @@ def training_config(config: str | None, overrides: Mapping | None = None):
     from trainers.config import load_config
 
     flat = _with_ray(overrides, "ray_address")
-    return load_config(path=config, profile=None if config else "tiny", overrides=nest(flat))
+    return load_config(path=config, profile=None if config else "tiny", overrides=flat, source=SOURCE)
 
 
 def training_entry():
@@ -58,15 +62,10 @@ EVAL_DEFAULTS = {"datasets": ["emoji-google-animals"], "limit": 200}  # 130 clas
 
 
 def eval_config(config: str | None, overrides: Mapping | None = None):
-    """``evaluation.runner.EvalConfig`` from a run file (``eval:`` section or flat) + top-level overrides."""
-    from evaluation.runner import EvalConfig, read_run_file
+    """``evaluation.config.EvalConfig`` from a run file (``eval:`` section or flat) + overrides."""
+    from evaluation.config import load_config
 
-    data = dict(read_run_file(config)) if config else dict(EVAL_DEFAULTS)
-    for key, value in flatten_overrides(overrides).items():
-        if "." in key:
-            raise ValueError(f"evaluation override {key!r}: EvalConfig keys are flat (e.g. limit, datasets)")
-        data[key] = value
-    return EvalConfig.from_dict(data)
+    return load_config(config, flatten_overrides(overrides), defaults=None if config else EVAL_DEFAULTS, source=SOURCE)
 
 
 def run_eval(config: str | None, overrides: Mapping | None = None) -> dict:

@@ -19,6 +19,8 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from grain.runconfig import STRICT_KEYS  # run files are validated into these classes (trainers/config.py)
+
 KINDS = ("grain", "clip")
 MEMORY_POS = ("none", "sine")  # decoder memory positional encodings (ModelConfig.decoder_memory_pos)
 
@@ -27,35 +29,37 @@ MEMORY_POS = ("none", "sine")  # decoder memory positional encodings (ModelConfi
 class ModelConfig:
     """Every number of the GRAIN / CLIP-baseline architecture. Defaults are the ``vit-b-16`` preset."""
 
+    __pydantic_config__ = STRICT_KEYS
+
     name: str = "vit-b-16"  # preset this config started from (informational)
     kind: str = "grain"  # "grain": towers + region decoder; "clip": the baseline, CLS → projection, L_ic only
     embed_dim: int = 512  # D: shared image/text/region embedding width
 
     # Image tower (open_clip VisionTransformer): tokens = (image_size / patch_size)^2 + 1 (CLS).
     image_size: int = 224  # squash-resize target in pixels (METHOD §4)
-    patch_size: int = 16
-    vision_width: int = 768
-    vision_layers: int = 12
-    vision_heads: int = 12
-    vision_mlp_ratio: float = 4.0
+    patch_size: int = 16  # ViT patch side in pixels
+    vision_width: int = 768  # ViT width
+    vision_layers: int = 12  # ViT blocks
+    vision_heads: int = 12  # ViT attention heads
+    vision_mlp_ratio: float = 4.0  # ViT MLP width / model width
     vision_qk_norm: bool = True  # QK-LayerNorm (METHOD §2)
 
     # Text tower (open_clip TextTransformer, causal mask, EOT pooling → LayerNorm → projection).
     context_length: int = 77  # captions; also the positional-embedding table size
     desc_context_length: int = 32  # descriptions are short: tokenised at this length (≤ context_length)
     vocab_size: int = 49408  # open_clip's bundled BPE
-    text_width: int = 512
-    text_layers: int = 12
-    text_heads: int = 8
-    text_mlp_ratio: float = 4.0
+    text_width: int = 512  # text transformer width
+    text_layers: int = 12  # text transformer blocks
+    text_heads: int = 8  # text attention heads
+    text_mlp_ratio: float = 4.0  # text MLP width / model width
 
     # Region decoder (DETR-style, decoder only; kind="grain" only).
     num_region_queries: int = 5  # Q region queries; one image query is appended last
-    decoder_dim: int = 512
-    decoder_layers: int = 6
-    decoder_heads: int = 8
-    decoder_ffn_dim: int = 2048
-    decoder_dropout: float = 0.1
+    decoder_dim: int = 512  # region decoder width
+    decoder_layers: int = 6  # region decoder layers
+    decoder_heads: int = 8  # region decoder attention heads
+    decoder_ffn_dim: int = 2048  # region decoder feed-forward width
+    decoder_dropout: float = 0.1  # region decoder dropout
     # Positional encoding of the decoder's memory: "none" (METHOD.md §2 and the release: position reaches
     # the decoder only through the ViT's own position embeddings) or "sine" (DETR's fixed 2-D sine
     # encoding added to the cross-attention keys; an experiment, see docs/bench-grounding.md).
@@ -63,8 +67,8 @@ class ModelConfig:
     max_target_boxes: int = 5  # top-k boxes by detector score kept per image for L_box / L_rd
 
     # Contrastive temperature: logit_scale = exp(p), p initialised at ln(1/0.07), clamped ≤ ln(100).
-    logit_scale_init: float = math.log(1 / 0.07)
-    logit_scale_max: float = math.log(100.0)
+    logit_scale_init: float = math.log(1 / 0.07)  # initial p of logit_scale = exp(p)
+    logit_scale_max: float = math.log(100.0)  # p is clamped to at most this
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -112,10 +116,12 @@ class ModelConfig:
 class LossConfig:
     """Loss weights and options: L = L_ic + λ_box·(L1 + L_GIoU) + λ_rd·L_rd (release defaults)."""
 
+    __pydantic_config__ = STRICT_KEYS
+
     lambda_box: float = 1.5  # weight of L1 and of (1 − GIoU) over matched boxes
     lambda_rd: float = 1.0  # weight of the region → description cross-entropy
     cost_l1: float = 5.0  # Hungarian matching cost weights (boxes only)
-    cost_giou: float = 2.0
+    cost_giou: float = 2.0  # Hungarian matching cost weight of (1 − GIoU)
     # The release counts a candidate whose text equals the positive's as a negative; masking fixes it.
     mask_identical_descriptions: bool = True
     # Auxiliary L_box + L_rd on every earlier decoder layer (DETR-style; off in the release). Needs
@@ -131,11 +137,11 @@ class LossConfig:
 
 
 def _from_dict(cls, d: dict):
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}; known fields: {sorted(names)}")
-    return cls(**d)
+    """Validated through grain/runconfig.py like every run config: unknown keys and wrong types are
+    ConfigError (a ValueError) naming the key; ``__post_init__``'s checks still apply."""
+    from grain.runconfig import Layer, load
+
+    return load(cls, [Layer(dict(d), cls.__name__)])
 
 
 PRESETS: dict[str, dict] = {

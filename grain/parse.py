@@ -21,7 +21,8 @@ from __future__ import annotations
 import re
 import unicodedata
 
-MAX_DESCRIPTIONS = 10  # METHOD.md §1.1 (same as grain.schema.MAX_DESCRIPTIONS)
+from grain.schema import MAX_DESCRIPTIONS  # METHOD.md §1.1: defined once, by the shard schema
+
 MAX_DESCRIPTION_CHARS = 200  # OWLv2 reads 16 tokens anyway; long lines are the model rambling
 MAX_CAPTION_CHARS = 1000
 MAX_INPUT_CHARS = 100_000  # bound the work on a runaway generation

@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="run file (YAML; a `train:` section or a flat training config), applied after --profile")
     p.add_argument("--baseline", action="store_true", help="train the CLIP-only baseline (model.kind=clip: no decoder, L_ic only)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value by dotted key, e.g. optim.lr=1e-4 (repeatable)")
+                   help="override a config value by dotted key, e.g. optim.lr=1e-4 (repeatable; `grain config show train` "
+                        "lists every key)")
     p.add_argument("--workers", type=int, help="Ray Train workers (0: in-process, no Ray)")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker (NCCL, bf16 autocast)")
     p.add_argument("--ray-address", help="Ray cluster address (e.g. auto, ray://host:10001); default: a local cluster. "
@@ -57,7 +58,8 @@ def config_from_args(args: argparse.Namespace):
         over["use_gpu"] = True
     if args.baseline:
         over["model"] = {"kind": "clip"}
-    return load_config(args.config, profile=args.profile or (None if args.config else "tiny"), overrides=over, sets=args.sets)
+    return load_config(args.config, profile=args.profile or (None if args.config else "tiny"), overrides=over, sets=args.sets,
+                       source="command-line flags")
 
 
 def main(argv: list[str] | None = None) -> int:

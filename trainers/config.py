@@ -2,7 +2,9 @@
 
 A run file is either a flat training config or a pipeline run file with a ``train:`` section (other
 stages keep their own sections beside it). ``--set key=value`` overrides use dotted keys
-(``optim.lr=1e-3``, ``model.kind=clip``); values are parsed as YAML scalars.
+(``optim.lr=1e-3``, ``model.kind=clip``). Loading, coercion and error messages are grain/runconfig.py's,
+shared by every stage; ``model`` and ``loss`` are checked against grain.config's ModelConfig/LossConfig
+when the file is loaded. ``grain config show train`` lists every key.
 
 Profiles map to the shipped run files: ``tiny`` → ``configs/tiny-cpu.yaml`` (2 CPU workers, the tiny
 GRAIN preset), ``paper`` → ``configs/vit-b-16-cc12m.yaml`` (the release recipe, METHOD.md §4).
@@ -12,12 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Literal
 
-import yaml
-
+from grain.config import PRESETS, LossConfig, ModelConfig
+from grain.runconfig import STRICT_KEYS, ConfigError, Layer, load, parse_set_item
+from grain.runconfig import merge as _merge
 from grain.safety import refuse_test_hooks
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -27,6 +30,8 @@ PROFILES = {"tiny": "tiny-cpu.yaml", "paper": "vit-b-16-cc12m.yaml"}
 @dataclass
 class DataSettings:
     """How annotated shards become batches (METHOD.md §1, §4)."""
+
+    __pydantic_config__ = STRICT_KEYS
 
     path: str = ""  # directory or fsspec URI (s3://…) holding annotated *.parquet shards
     alt_text_prob: float = 0.5  # P(alt-text) when both captions exist; else the MLLM caption
@@ -40,14 +45,16 @@ class DataSettings:
 class OptimSettings:
     """AdamW + per-step schedule of the release (METHOD.md §4)."""
 
+    __pydantic_config__ = STRICT_KEYS
+
     lr: float = 1e-3  # peak learning rate
     warmup_start_lr: float = 1e-6  # linear warm-up starts here
     min_lr: float = 1e-5  # cosine ends here
     warmup_epochs: float = 1.0  # warm-up length in epochs (converted to steps)
     warmup_steps: int | None = None  # overrides warmup_epochs when set
     weight_decay: float = 0.1  # none on biases, norms, logit scale (GrainModel.param_groups)
-    betas: tuple[float, float] = (0.9, 0.98)
-    eps: float = 1e-8
+    betas: tuple[float, float] = (0.9, 0.98)  # AdamW (β1, β2)
+    eps: float = 1e-8  # AdamW epsilon
     grad_clip: float | None = None  # max global grad norm; None: no clipping
 
 
@@ -55,22 +62,24 @@ class OptimSettings:
 class TrainConfig:
     """Everything one training run needs. ``batch_size`` is per worker (global = batch_size × workers)."""
 
+    __pydantic_config__ = STRICT_KEYS
+
     output: str = ""  # run directory or URI: run.json, metrics.jsonl, tensorboard/, final.pt, ray/
     model: dict = field(default_factory=lambda: {"preset": "tiny", "kind": "grain"})  # preset + ModelConfig overrides
     loss: dict = field(default_factory=dict)  # LossConfig overrides (lambda_box, lambda_rd, ...)
     data: DataSettings = field(default_factory=DataSettings)
     optim: OptimSettings = field(default_factory=OptimSettings)
     epochs: int = 1  # the schedule spans all epochs; max_steps only stops early (resumable)
-    batch_size: int = 8
-    seed: int = 0
+    batch_size: int = 8  # per worker
+    seed: int = 0  # init and sample order
     max_steps: int | None = None  # stop after this global step (a checkpoint is written there)
     workers: int = 2  # Ray Train workers
-    use_gpu: bool = False
-    cpus_per_worker: float = 1.0
+    use_gpu: bool = False  # one GPU per worker (NCCL, bf16 autocast)
+    cpus_per_worker: float = 1.0  # Ray resources of each worker
     torch_threads: int | None = None  # CPU training: intra-op threads per worker (None: max(1, cpus_per_worker))
-    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
     checkpoint_every: int = 100  # steps between Ray checkpoints (and always at the last step)
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 2  # Ray checkpoints kept (the newest)
     log_every: int = 1  # steps between metric reports (report() is a barrier across workers)
     max_failures: int = 0  # FailureConfig: worker-group restarts from the latest checkpoint
     run_name: str | None = None  # RunConfig name; default: the output folder's name
@@ -119,59 +128,44 @@ class TrainConfig:
         return LossConfig(**self.loss)
 
 
-def _build(cls, data: dict, where: str):
-    """Dataclass ``cls`` from a dict; unknown keys are an error naming ``where``."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        raise ValueError(f"{where}: unknown keys {unknown}; known: {sorted(known)}")
-    kwargs = {}
-    for name, value in data.items():
-        if name == "data":
-            value = _build(DataSettings, value, f"{where}.data")
-        elif name == "optim":
-            value = _build(OptimSettings, value, f"{where}.optim")
-            value.betas = tuple(float(b) for b in value.betas)
-        kwargs[name] = value
-    return cls(**kwargs)
-
-
-def _deep_set(d: dict, dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    cur = d
-    for p in parts[:-1]:
-        nxt = cur.get(p)
-        if nxt is None:
-            nxt = cur[p] = {}
-        if not isinstance(nxt, dict):
-            raise ValueError(f"--set {dotted}: {p!r} is not a section")
-        cur = nxt
-    cur[parts[-1]] = value
-
-
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+def run_checks(cfg: TrainConfig) -> list[tuple[str, str]]:
+    """Value checks made when a config is loaded: ``[(dotted key, message)]`` (named with their source)."""
+    out = []
+    for name in ("epochs", "batch_size", "checkpoint_every", "log_every", "keep_checkpoints"):
+        if getattr(cfg, name) < 1:
+            out.append((name, f"must be >= 1, got {getattr(cfg, name)!r}"))
+    if cfg.workers < 0:
+        out.append(("workers", f"must be >= 0, got {cfg.workers!r}"))
+    if not 0.0 <= cfg.data.alt_text_prob <= 1.0:
+        out.append(("data.alt_text_prob", f"must be in [0, 1], got {cfg.data.alt_text_prob!r}"))
+    if cfg.model.get("kind", "grain") not in ("grain", "clip"):
+        out.append(("model.kind", f"must be grain|clip, got {cfg.model.get('kind')!r}"))
+    if cfg.model.get("preset", "tiny") not in PRESETS:
+        out.append(("model.preset", f"unknown model preset {cfg.model.get('preset')!r}; choose one of {sorted(PRESETS)}"))
     return out
+
+
+def _typed_sections(cfg: TrainConfig, layers: list[Layer]) -> TrainConfig:
+    """``model`` / ``loss`` overrides validated against grain.config's ModelConfig / LossConfig, with the
+    source of each key, and stored with their types (``model.vision_width=3e2`` → 300)."""
+    preset = cfg.model.get("preset", "tiny")
+    for name, cls, base in (("model", ModelConfig, {**PRESETS[preset], "name": preset}), ("loss", LossConfig, {})):
+        over = {k: v for k, v in getattr(cfg, name).items() if k != "preset"}
+        section = [Layer({k: v for k, v in layer.data[name].items() if k != "preset"}, layer.source)
+                   for layer in layers if isinstance(layer.data.get(name), dict)]
+        try:
+            typed = load(cls, [Layer(base, "defaults"), *section], prefix=f"{name}.")
+        except ValueError as e:  # __post_init__'s cross-field checks (ModelConfig) are ValueErrors too
+            raise ConfigError(str(e) if isinstance(e, ConfigError) else f"{name}: {e}") from None
+        setattr(cfg, name, {**getattr(cfg, name), **{k: getattr(typed, k) for k in over}})
+    return cfg
 
 
 def read_run_file(path: str | os.PathLike) -> dict:
     """The training section of a run file (a top-level ``train:`` section, else the whole file)."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"training run file not found: {p}")
-    doc = yaml.safe_load(p.read_text()) or {}
-    if not isinstance(doc, dict):
-        raise ValueError(f"{p}: a run file must be a YAML mapping")
-    section = doc.get("train", doc)
-    if not isinstance(section, dict):
-        raise ValueError(f"{p}: the 'train' section must be a mapping")
-    return section
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"training run file not found: {path}")
+    return Layer.from_file(path, "train").data
 
 
 def profile_file(profile: str) -> Path:
@@ -180,30 +174,14 @@ def profile_file(profile: str) -> Path:
     return CONFIG_DIR / PROFILES[profile]
 
 
-def _scalar(raw: str):
-    """A YAML scalar, with numbers YAML 1.1 leaves as strings (``5e-4``, no dot) made floats."""
-    if not raw.strip():
-        return None
-    value = yaml.safe_load(raw)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
-
-
 TEST_HOOK_KEYS = ("debug_fail_at_step",)  # refused from run files / overrides (grain/safety.py)
 
 
 def parse_set(items: list[str]) -> dict:
-    """``["optim.lr=1e-3", "model.kind=clip"]`` → nested dict (values parsed as YAML scalars)."""
+    """``["optim.lr=1e-3", "model.kind=clip"]`` → nested dict (values parsed as YAML; typed when loaded)."""
     out: dict = {}
     for item in items or []:
-        if "=" not in item:
-            raise ValueError(f"--set expects key=value, got {item!r}")
-        key, raw = item.split("=", 1)
-        _deep_set(out, key.strip(), _scalar(raw))
+        out = _merge(out, parse_set_item(item))
     return out
 
 
@@ -212,23 +190,35 @@ def load_config(
     profile: str | None = None,
     overrides: dict | None = None,
     sets: list[str] | None = None,
+    source: str = "overrides",
 ) -> TrainConfig:
-    """Profile file, then ``path``, then ``overrides`` (a nested dict), then ``--set`` items, merged in that order."""
-    data: dict = {}
-    sources = [(profile_file(profile), read_run_file(profile_file(profile))) if profile else None,
-               (str(path), read_run_file(path)) if path else None,
-               ("overrides", overrides) if overrides else None, ("--set", parse_set(sets)) if sets else None]
-    for where, layer in filter(None, sources):
-        if isinstance(layer, dict):  # test hooks are named by the source that sets them
-            refuse_test_hooks({k: layer.get(k) for k in TEST_HOOK_KEYS}, where)
-        data = _merge(data, layer)
-    return _build(TrainConfig, data, str(path or profile or "<config>"))
+    """Profile file, then ``path``, then ``overrides`` (a nested/dotted mapping named ``source`` in
+    errors), then ``--set`` items, merged in that order and validated (grain/runconfig.py)."""
+    layers = []
+    if profile:
+        layers.append(Layer.from_file(profile_file(profile), "train"))
+    if path:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"training run file not found: {path}")
+        layers.append(Layer.from_file(path, "train"))
+    if overrides:
+        layers.append(Layer.from_overrides(overrides, source))
+    layers += Layer.from_sets(sets)
+    for layer in layers:  # test hooks are named by the source that sets them
+        where = "--set" if layer.source.startswith("--set ") else layer.source
+        refuse_test_hooks({k: layer.data.get(k) for k in TEST_HOOK_KEYS}, where)
+    return _typed_sections(load(TrainConfig, layers, run_checks), layers)
 
 
 def from_dict(d: dict) -> TrainConfig:
     """Inverse of ``TrainConfig.to_dict`` (used by checkpoints and the Prefect flow)."""
-    return _build(TrainConfig, d, "<dict>")
+    layers = [Layer(d, "<dict>")]
+    return _typed_sections(load(TrainConfig, layers, run_checks), layers)
 
 
 def replace(cfg: TrainConfig, **changes) -> TrainConfig:
     return dataclasses.replace(cfg, **changes)
+
+
+__all__ = ["CONFIG_DIR", "PROFILES", "ConfigError", "DataSettings", "OptimSettings", "TrainConfig", "from_dict",
+           "load_config", "parse_set", "read_run_file", "replace"]

@@ -157,3 +157,16 @@ def test_cuda_matches_cpu(tiny_grounder, photos):
     half = Grounder(tiny_grounder.model_name, threshold=0.3, device="cuda", dtype="bfloat16").ground(ims, descs)
     for h in half:
         _check_output(h, 3, 0.3)
+
+
+def test_bfloat16_runs_on_cpu_as_configured(tiny_grounder, photos):
+    """`models.detector_dtype: bfloat16` (annotators/config.py → pipeline.grounder_kwargs) builds a bf16
+    Grounder; on CPU it runs too (slowly on CPUs without AVX512-BF16), with the same output contract."""
+    from annotators.config import load_config
+    from annotators.pipeline import grounder_kwargs
+
+    kw = grounder_kwargs(load_config(profile="tiny", overrides=["models.detector_dtype=bfloat16"]), {})
+    g = Grounder(tiny_grounder.model_name, device="cpu", **{k: v for k, v in kw.items() if k != "revision"})
+    assert g.model.dtype == torch.bfloat16
+    for out in g.ground([photos["rocket"]], [["a rocket", "smoke"]]):
+        _check_output(out, 2, kw["threshold"])

@@ -55,7 +55,8 @@ def test_every_content_key_has_a_case():
 
 
 @pytest.mark.parametrize("key", sorted(CHANGES))
-def test_changing_a_content_setting_refuses_naming_key_and_both_values(tmp_path, key):
+def test_changing_a_content_setting_refuses_naming_key_and_both_values(tmp_path, key, monkeypatch):
+    monkeypatch.setenv("GRAIN_ALLOW_TEST_HOOKS", "1")  # models.extra_engine_args is a test hook (grain/safety.py)
     base = load_config(profile="tiny")
     out = _finished_folder(tmp_path, base)
     changed = load_config(profile="tiny", overrides=[_override(key, CHANGES[key])])
@@ -83,10 +84,10 @@ def test_a_different_resolved_model_refuses(tmp_path, label):
 def test_a_changed_prompt_text_refuses(tmp_path, monkeypatch):
     cfg = load_config(profile="tiny")
     out = _finished_folder(tmp_path, cfg)
-    monkeypatch.setattr(prompts, "DESCRIBE_QUESTION", prompts.DESCRIBE_QUESTION.replace("up to 10", "up to 5"))
+    monkeypatch.setattr(prompts, "DESCRIBE_TEMPLATE", prompts.DESCRIBE_TEMPLATE.replace("up to {", "at most {"))
     with pytest.raises(ManifestMismatch) as e:
         RunManifest(out).start_run(cfg.to_dict(), MODELS)
-    assert "prompt.text:" in str(e.value) and "up to 5" in str(e.value)
+    assert "prompt.text:" in str(e.value) and "at most 10" in str(e.value)
 
 
 def test_several_differences_are_all_named(tmp_path):

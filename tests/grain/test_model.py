@@ -126,7 +126,7 @@ def test_param_groups_split(tiny_cfg):
 def test_config_round_trip_and_errors():
     cfg = ModelConfig.preset("tiny", kind="clip")
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
-    with pytest.raises(ValueError, match="unknown field"):
+    with pytest.raises(ValueError, match=r"nonsense: unknown key 'nonsense' \(from ModelConfig\)"):
         ModelConfig.from_dict({"nonsense": 1})
     with pytest.raises(ValueError, match="preset"):
         ModelConfig.preset("vit-z")

@@ -57,7 +57,7 @@ def test_flow_parameter_is_refused_before_the_stage_runs(tmp_path):
     """The deployment's `overrides` parameter reaches the task that loads the config: refused there."""
     from flows.annotate import annotate
 
-    with pytest.raises(ConfigError, match=r"--set models\.extra_engine_args\S*: 'models.extra_engine_args' is a test hook"):
+    with pytest.raises(ConfigError, match=r"flow parameter overrides: 'models.extra_engine_args' is a test hook"):
         annotate.fn(None, {"input": [str(tmp_path)], "output": str(tmp_path / "out"),
                            "models": {"extra_engine_args": {"worker_extension_cls": "evil.Mod"}}})
     assert not (tmp_path / "out").exists()
