@@ -37,7 +37,7 @@ def test_ensure_ray_token_makes_a_private_token_once(tmp_path):
 
 
 def _clients(envs: dict[str, dict], addr: str) -> dict[str, tuple[int, str, str]]:
-    """Run one Ray driver per env at once (a refused one retries for ~20 s): name → (rc, stdout, stderr)."""
+    """Run one Ray driver per env at once: name → (rc, stdout, stderr)."""
     code = ("import ray; ray.init(address=%r, log_to_driver=False); "
             "print('sum', ray.get(ray.remote(lambda: 40 + 2).remote()))" % addr)
     procs = {k: subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -77,8 +77,9 @@ def test_stack_ray_head_comes_up_with_an_empty_home_and_enforces_its_token(tmp_p
         # A driver as the stack's flow runs start one (single-machine mode: loopback), minus the token.
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")},
                **{k: v for k, v in cfg.flow_env().items() if not k.startswith("RAY_AUTH")}, "PYTHONPATH": os.getcwd()}
-        runs = _clients({"no token": {**env, "RAY_AUTH_MODE": "disabled"},
-                         "wrong token": {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64},
+        refused = {**env, "RAY_NUM_REDIS_GET_RETRIES": "2"}  # a refused driver gives up after 2 tries, not 20
+        runs = _clients({"no token": {**refused, "RAY_AUTH_MODE": "disabled"},
+                         "wrong token": {**refused, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "0" * 64},
                          "the stack's token": {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": cfg.ray_token_file}},
                         cfg.ray_address)
         rc, stdout, stderr = runs.pop("the stack's token")
