@@ -145,6 +145,7 @@ def write_llava_dir(out: str, tiny: bool) -> str:
                        tie_word_embeddings=False, torch_dtype="bfloat16")
     cfg = LlavaConfig(vision_config=vision, text_config=text, image_token_index=tok.convert_tokens_to_ids("<image>"),
                       vision_feature_select_strategy="default", vision_feature_layer=-2, projector_hidden_act="gelu")
+    cfg.architectures = ["LlavaForConditionalGeneration"]  # what the hub config says; vLLM picks its model class by it
     os.makedirs(out, exist_ok=True)
     cfg.save_pretrained(out)
     image_proc = CLIPImageProcessorPil(size={"shortest_edge": s["image"]}, crop_size={"height": s["image"], "width": s["image"]})
@@ -156,7 +157,7 @@ def write_llava_dir(out: str, tiny: bool) -> str:
 
 def describer_run(tiny: bool, tmp: str) -> dict:
     from PIL import Image
-    from vllm import LLM, SamplingParams
+    from vllm import LLM
 
     from annotators.prompts import DESCRIBE_QUESTION, REQUEST_BUILDERS
 
@@ -164,13 +165,26 @@ def describer_run(tiny: bool, tmp: str) -> dict:
     request = REQUEST_BUILDERS["llava"](DESCRIBE_QUESTION)  # the paper prompt, as the describer sends it
     n_images = 8 if tiny else 1024
     lengths = (8,) if tiny else (100, 256)
-    llm = LLM(model=model_dir, load_format="dummy", dtype="bfloat16", max_model_len=2048 if tiny else 4096,
+    llm = LLM(model=model_dir, load_format="dummy", runner="generate", dtype="bfloat16", max_model_len=2048 if tiny else 4096,
               enforce_eager=tiny, seed=0, **({"gpu_memory_utilization": 0.9} if not tiny else {}),
               **request.engine_kwargs)
     side = 64 if tiny else 336
     images = [Image.new("RGB", (side, side), ((37 * i) % 256, (91 * i) % 256, 128)) for i in range(n_images)]
     prompts = [{"prompt": request.prompt, "multi_modal_data": {"image": im}} for im in images]
     out = {"model_dir_files": sorted(os.listdir(model_dir)), "images": n_images, "runs": []}
+    try:
+        _describe_runs(llm, prompts, lengths, n_images, out)
+    finally:  # shut the engine down here: a leftover engine process holds the interpreter's exit for minutes
+        import gc
+
+        del llm
+        gc.collect()
+    return out
+
+
+def _describe_runs(llm, prompts, lengths, n_images, out) -> None:
+    from vllm import SamplingParams
+
     llm.generate(prompts[: min(8, n_images)], SamplingParams(max_tokens=4, min_tokens=4, ignore_eos=True), use_tqdm=False)
     for n_out in lengths:
         sp = SamplingParams(max_tokens=n_out, min_tokens=n_out, ignore_eos=True, temperature=0.0)
@@ -183,8 +197,6 @@ def describer_run(tiny: bool, tmp: str) -> dict:
                             "output_tokens_per_s": toks / wall, "all_forced_length": toks == n_images * n_out,
                             "ceiling_tokens_per_s_at_batch_256": ceil["tokens_per_s"],
                             "fraction_of_ceiling": (toks / wall) / ceil["tokens_per_s"]})
-    del llm
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------
