@@ -24,7 +24,10 @@ Part 3, the grounder (goal 2): OWLv2-B/16 at 960 px (config from the model card,
 bf16, batch 32, 10 descriptions per image through ``annotators.grounder.Grounder``'s forward: images/s
 and the fraction of the dense bf16 compute ceiling (FLOPs per image counted by FlopCounterMode).
 
-``--tiny``: the same three parts with tiny shapes on CPU (tiny preset train step, the tiny LLaVA /
+Part 4, the data path (goal 4): the trainer's decode path on this machine's CPUs (1 thread and all
+cores), samples/s per core, and the decode cores one GPU needs for 3× its consumption.
+
+``--tiny``: the same four parts with tiny shapes on CPU (tiny preset train step, the tiny LLaVA /
 OWLv2 specs of grain.tiny_models, a few images, short outputs) — a check that the script runs end to
 end, not a measurement.
 """
@@ -253,11 +256,40 @@ def grounder_run(tiny: bool, tmp: str) -> dict:
             "note": "includes preprocessing and box post-processing (the Grounder's whole call)"}
 
 
+# ---------------------------------------------------------------------------------------------------
+# part 4: the data path on the GPU machine's CPUs (goal 4)
+# ---------------------------------------------------------------------------------------------------
+
+
+def data_path_run(tiny: bool, tmp: str) -> dict:
+    """The trainer's data path (``benchmarks/train_step.make_data``: Parquet row → decode → resize → tokenise →
+    collate) at 1 thread and at the machine's cores: samples/s per decode core, and the cores one GPU needs
+    for 3× its consumption at the goal-1 step rate (GRAIN at CLIP-only / 1.3, CLIP-only measured in part 1
+    when it ran, else infra/README's 1216–1424 samples/s)."""
+    from benchmarks.train_step import make_data
+    from grain.config import ModelConfig
+
+    cfg = ModelConfig.preset("tiny" if tiny else "vit-b-16", kind="grain")
+    bs, n, (w, h) = (4, 2, (64, 48)) if tiny else (128, 4, (500, 375))  # CC12M-like photos on the GPU machine
+    cores = os.cpu_count() or 1
+    out = {"image_wh": [w, h], "batch": bs, "cores": cores, "runs": []}
+    for threads in sorted({1, max(1, cores - 1)}):
+        d = os.path.join(tmp, f"data-{threads}")
+        os.makedirs(d, exist_ok=True)
+        _, sps = make_data(d, cfg, bs, w, h, threads, n_batches=n)
+        out["runs"].append({"decode_threads": threads, "samples_per_s": sps})
+    per_core = out["runs"][0]["samples_per_s"]
+    out["samples_per_s_per_core"] = per_core
+    for rate in (1216 / 1.3, 1424 / 1.3):
+        out.setdefault("cores_for_3x", {})[f"{rate:.0f} samples/s"] = 3 * rate / per_core
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tiny", action="store_true", help="tiny shapes on CPU: check the script, measure nothing")
-    p.add_argument("--parts", nargs="+", default=["train", "describer", "grounder"],
-                   choices=["train", "describer", "grounder"])
+    p.add_argument("--parts", nargs="+", default=["train", "describer", "grounder", "data"],
+                   choices=["train", "describer", "grounder", "data"])
     p.add_argument("--json", required=True)
     args = p.parse_args(argv)
     import tempfile
@@ -265,7 +297,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     res = {"tiny": args.tiny, "ceilings": ceilings(), "started": time.time()}
-    parts = {"train": train_arms, "describer": describer_run, "grounder": grounder_run}
+    parts = {"train": train_arms, "describer": describer_run, "grounder": grounder_run, "data": data_path_run}
     with tempfile.TemporaryDirectory(prefix="grain-gpu-suite-") as tmp:
         for name in args.parts:
             t0 = time.perf_counter()
