@@ -166,7 +166,7 @@ def describer_run(tiny: bool, tmp: str) -> dict:
 
     model_dir = write_llava_dir(os.path.join(tmp, "llava-1.5-7b-shape"), tiny)
     request = REQUEST_BUILDERS["llava"](DESCRIBE_QUESTION)  # the paper prompt, as the describer sends it
-    n_images = 8 if tiny else 1024
+    n_images = 8 if tiny else 512  # two waves of ~256 concurrent sequences: steady decode within the 8-minute budget
     lengths = (8,) if tiny else (100, 256)
     llm = LLM(model=model_dir, load_format="dummy", runner="generate", dtype="bfloat16", max_model_len=2048 if tiny else 4096,
               enforce_eager=tiny, seed=0, **({"gpu_memory_utilization": 0.9} if not tiny else {}),

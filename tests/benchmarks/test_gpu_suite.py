@@ -38,3 +38,4 @@ def test_tiny_mode_runs_every_part(tmp_path):
     assert runs and all(r["all_forced_length"] for r in runs)  # output length forced, as on the GPU
     assert not any(f.endswith((".safetensors", ".bin")) for f in res["describer"]["model_dir_files"])  # dummy weights
     assert res["grounder"]["images_per_s"] > 0 and res["grounder"]["flops_per_image_counted"] > 0
+    assert res["data"]["samples_per_s_per_core"] > 0 and res["data"]["cores_for_3x"]
