@@ -1,0 +1,70 @@
+"""benchmarks/annotate_scale.py (issue 16, goal 3): the fixed-answer stages, the manifest's rewrite policy,
+and the benchmark end to end at a very small size (table and ratio printed; no absolute times checked)."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+
+from annotators import manifest as manifest_mod
+from annotators import stages
+from annotators.manifest import RunManifest
+from benchmarks import annotate_scale as bench
+
+
+def _batch(n: int) -> pa.Table:
+    rows = [{"shard": "s", "shard_rows": n, "key": f"k{i}", "source": "x", "status": "ok", "image_width": 8,
+             "image_height": 8, "rgb": bytes(8 * 8 * 3)} for i in range(n)]
+    rows.append({"shard": "s", "shard_rows": n, "key": "bad", "source": "x", "status": "decode_error", "error": "e"})
+    return stages.to_batch(rows)
+
+
+def test_fixed_answer_stages_run_the_production_stage_code():
+    d = bench.FixedAnswerDescribeStage("fixed", "llava", {}, max_descriptions=1)
+    g = bench.FixedAnswerGroundStage("fixed", {}, max_boxes=5)
+    assert isinstance(d, stages.DescribeStage) and isinstance(g, stages.GroundStage)
+    out = g(d(_batch(3))).to_pylist()
+    ok = [r for r in out if r["status"] == "ok"]
+    assert len(ok) == 3 and out[-1]["status"] == "decode_error"  # error rows pass through untouched
+    assert ok[0]["descriptions"] == bench.FIXED_DESCRIPTIONS[:1]  # the stage's own max_descriptions cut
+    assert ok[0]["boxes"] and ok[0]["rgb"] is None  # GroundStage drops the pixels, as in production
+
+
+def test_fixed_answer_models_patch_is_scoped():
+    real = stages.DescribeStage, stages.GroundStage
+    with bench.fixed_answer_models():
+        assert stages.DescribeStage is bench.FixedAnswerDescribeStage
+    assert (stages.DescribeStage, stages.GroundStage) == real
+
+
+def test_manifest_rewrites_are_throttled_past_the_small_size(tmp_path, monkeypatch):
+    monkeypatch.setattr(manifest_mod, "SAVE_EVERY_SHARD_UP_TO", 3)
+    saves = []
+    m = RunManifest(str(tmp_path))
+    m.start_run({"models": {}}, {})
+    real_save = m.save
+    monkeypatch.setattr(m, "save", lambda: (saves.append(len(m.shards)), real_save()))
+    for i in range(50):
+        m.mark_done(f"{i:05d}", {"rows": 1})
+    assert saves[:3] == [1, 2, 3] and len(saves) <= 5  # every shard while small, then at most every 5 s
+    assert m.dirty
+    m.finish_run({})
+    assert len(json.loads((tmp_path / "manifest.json").read_text())["shards"]) == 50 and not m.dirty
+
+
+def test_resume_scan_and_index_at_a_small_size(tmp_path):
+    r = bench.resume_and_index(str(tmp_path), 20, bench.tiny_png())
+    assert r["committed_shards"] == 20 and {"resume_scan_s", "index_s", "manifest_record_s"} <= set(r)
+
+
+def test_benchmark_prints_the_table_and_the_ratio(ray_local, tmp_path, capsys):
+    out = tmp_path / "scale.json"
+    assert bench.main(["--rows", "100", "1000", "--rows-per-shard", "400", "--batch-size", "64",
+                       "--resume-shards", "20", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "driver CPU s/1k" in text and "ratio 1000 vs 100 rows" in text and "goal <= 1.5" in text
+    assert "resume scan, 20 committed shards" in text and "trainer shard index, 20 shards" in text
+    res = json.loads(out.read_text())
+    assert [s["rows"] for s in res["sizes"]] == [100, 1000] and res["sizes"][1]["shards"] == 3
+    assert res["goal_ratio"] == res["sizes"][1]["ratio_driver"] > 0
