@@ -79,7 +79,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bench", required=True, help="a `grain bench grounding` output folder (its corpus/)")
     ap.add_argument("--tower", default="random-init",
-                    help="random-init (tiny preset), oracle (tokens that say which patches are inside a box, and "
+                    help="random-init (the run file's train.model, e.g. the tiny preset), oracle (tokens that say "
+                         "which patches are inside a box, and "
                          "where they are: a check of the decoder and matcher themselves) or a checkpoint path")
     ap.add_argument("--memory-pos", choices=MEMORY_POS, default=None, help="override decoder_memory_pos")
     ap.add_argument("--vision-pos", choices=VISION_POS, default=None,
@@ -133,7 +134,8 @@ def main(argv=None) -> int:
         tok, vtok = oracle_tokens(tb, timg, len(tok), cfg), oracle_tokens(vtb, vtimg, len(vtok), cfg)
     print(f"tokens: {tuple(tok.shape)} train, {tuple(vtok.shape)} val ({time.perf_counter() - t0:.0f} s); "
           f"tower {args.tower}{' (trained here)' if args.train_tower else ' (frozen)'}, "
-          f"{cfg.image_size // cfg.patch_size}² grid, memory_pos {cfg.decoder_memory_pos}, vision_pos {cfg.vision_pos_embed}; "
+          f"{cfg.image_size // cfg.patch_size}² grid, memory_pos {cfg.decoder_memory_pos}, "
+          f"vision_pos {cfg.vision_pos_embed}; "
           f"AdamW lr {peak:g} (warm-up {warmup} from {optim.warmup_start_lr:g}, cosine to {optim.min_lr:g}), "
           f"wd {optim.weight_decay:g}, clip {clip or 'none'}")
     memory = (lambda x: tower.image_tokens(x)) if args.train_tower else (lambda x: x)
