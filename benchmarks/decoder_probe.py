@@ -10,6 +10,14 @@ last corpus shard (never trained on here), matched 1 − GIoU against the best i
 A ratio well under 1 means boxes can be learnt from that memory with this decoder in that many steps;
 ≈ 1 means the decoder collapses to a fixed layout even when localisation is all it is asked to do.
 
+Optimiser: the run file's (``--config``, default configs/bench-grounding.yaml, section ``train.optim``):
+AdamW with its lr, betas, weight decay (none on biases and norms) and gradient clipping, linear warm-up
+from ``warmup_start_lr`` over ``warmup_steps`` then cosine to ``min_lr`` over ``--steps``, per step
+(``trainers.optim.lr_at``, as in training); ``--lr``/``--grad-clip``/``--warmup-steps`` override it.
+A random-init tower is the run file's ``train.model`` (preset + overrides). Also printed: the position
+probe (``grounding_boxes.position_probe``: R² of each patch's x, y read linearly from the decoder memory
+values) before training, and after it with ``--train-tower``.
+
     python benchmarks/decoder_probe.py --bench $GRAIN_CACHE/bench-grounding --tower random-init --steps 2000
 """
 
@@ -24,14 +32,17 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.grounding_boxes import best_constant, matched_losses, patch_labels  # noqa: E402
+from benchmarks.bench_grounding import DEFAULT_CONFIG, load_bench_config  # noqa: E402
+from benchmarks.grounding_boxes import best_constant, matched_losses, patch_labels, position_probe  # noqa: E402
 from grain import storage  # noqa: E402
 from grain.checkpoint import load_checkpoint  # noqa: E402
-from grain.config import MEMORY_POS, ModelConfig  # noqa: E402
+from grain.config import MEMORY_POS, VISION_POS, ModelConfig  # noqa: E402
 from grain.data import make_batch, sample_from_row  # noqa: E402
 from grain.matcher import HungarianMatcher  # noqa: E402
 from grain.model import build_model  # noqa: E402
 from grain.schema import read_table  # noqa: E402
+from trainers.config import OptimSettings  # noqa: E402
+from trainers.optim import lr_at  # noqa: E402
 
 
 def encode(tower, cfg, rows, keep_images: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -68,16 +79,22 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bench", required=True, help="a `grain bench grounding` output folder (its corpus/)")
     ap.add_argument("--tower", default="random-init",
-                    help="random-init (tiny preset), oracle (tokens that say which patches are inside a box, and "
+                    help="random-init (the run file's train.model, e.g. the tiny preset), oracle (tokens that say "
+                         "which patches are inside a box, and "
                          "where they are: a check of the decoder and matcher themselves) or a checkpoint path")
     ap.add_argument("--memory-pos", choices=MEMORY_POS, default=None, help="override decoder_memory_pos")
+    ap.add_argument("--vision-pos", choices=VISION_POS, default=None,
+                    help="random-init tower only: override vision_pos_embed (the ViT's positional embedding)")
+    ap.add_argument("--config", default=str(DEFAULT_CONFIG), help="bench run file: train.optim and train.model")
     ap.add_argument("--image-size", type=int, default=None,
                     help="random-init/oracle only: the tiny preset at this input size (e.g. 128: a 16×16 grid)")
     ap.add_argument("--train-tower", action="store_true",
                     help="train the image tower too (same lr), box loss only: can the tower learn to localise?")
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--lr", type=float, default=None, help="peak lr (default: the run file's)")
+    ap.add_argument("--grad-clip", type=float, default=None, help="max grad norm, 0 = none (default: the run file's)")
+    ap.add_argument("--warmup-steps", type=int, default=None, help="default: the run file's")
     ap.add_argument("--train-rows", type=int, default=3500)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -87,12 +104,21 @@ def main(argv=None) -> int:
     shards = storage.list_shards(corpus)[0] if os.path.isdir(corpus) else []
     if len(shards) < 2:
         ap.error(f"{args.bench}: needs at least 2 corpus shards")
+    run = load_bench_config(args.config)["train"]
+    optim = OptimSettings(**{k: tuple(v) if k == "betas" else v for k, v in run.get("optim", {}).items()})
+    peak = optim.lr if args.lr is None else args.lr
+    clip = optim.grad_clip if args.grad_clip is None else args.grad_clip
+    warmup = int(optim.warmup_steps or 0) if args.warmup_steps is None else args.warmup_steps
     if args.tower in ("random-init", "oracle"):
-        cfg = ModelConfig.preset("tiny", **({"image_size": args.image_size} if args.image_size else {}))
+        model = dict(run.get("model", {"preset": "tiny"}))
+        over = {k: v for k, v in model.items() if k not in ("preset", "kind")}
+        over.update({"image_size": args.image_size} if args.image_size else {})
+        over.update({"vision_pos_embed": args.vision_pos} if args.vision_pos else {})
+        cfg = ModelConfig.preset(model.get("preset", "tiny"), **over)
         tower = build_model(cfg).eval()
     else:
-        if args.image_size:
-            ap.error("--image-size applies to random-init/oracle towers only")
+        if args.image_size or args.vision_pos:
+            ap.error("--image-size and --vision-pos apply to random-init/oracle towers only")
         tower, cfg, _ = load_checkpoint(args.tower)
         tower.eval()
     if args.train_tower and args.tower == "oracle":
@@ -108,14 +134,22 @@ def main(argv=None) -> int:
         tok, vtok = oracle_tokens(tb, timg, len(tok), cfg), oracle_tokens(vtb, vtimg, len(vtok), cfg)
     print(f"tokens: {tuple(tok.shape)} train, {tuple(vtok.shape)} val ({time.perf_counter() - t0:.0f} s); "
           f"tower {args.tower}{' (trained here)' if args.train_tower else ' (frozen)'}, "
-          f"{cfg.image_size // cfg.patch_size}² grid, memory_pos {cfg.decoder_memory_pos}")
+          f"{cfg.image_size // cfg.patch_size}² grid, memory_pos {cfg.decoder_memory_pos}, "
+          f"vision_pos {cfg.vision_pos_embed}; "
+          f"AdamW lr {peak:g} (warm-up {warmup} from {optim.warmup_start_lr:g}, cosine to {optim.min_lr:g}), "
+          f"wd {optim.weight_decay:g}, clip {clip or 'none'}")
     memory = (lambda x: tower.image_tokens(x)) if args.train_tower else (lambda x: x)
     dec = build_model(cfg).decoder  # a fresh decoder exactly as GrainModel builds it
     if dec is None:
         ap.error(f"{args.tower}: a CLIP-baseline checkpoint has no region decoder")
-    params = list(dec.parameters()) + (list(tower.visual.parameters()) if args.train_tower else [])
-    opt = torch.optim.AdamW(params,  # the projections get no gradient here (AdamW skips them)
-                            lr=args.lr, weight_decay=1e-4)
+    named = list(dec.named_parameters()) + (list(tower.visual.named_parameters()) if args.train_tower else [])
+    named = [(k, p) for k, p in named if p.requires_grad]  # a sincos2d table is frozen
+    params = [p for _, p in named]
+    # GrainModel.param_groups' rule: no decay on < 2-dim parameters. The projections get no gradient
+    # here (AdamW skips them).
+    opt = torch.optim.AdamW([{"params": [p for _, p in named if p.ndim >= 2], "weight_decay": optim.weight_decay},
+                             {"params": [p for _, p in named if p.ndim < 2], "weight_decay": 0.0}],
+                            lr=peak, betas=tuple(optim.betas), eps=optim.eps)
     matcher = HungarianMatcher()
     n = tok.shape[0]
     order = torch.randperm(n)
@@ -133,6 +167,12 @@ def main(argv=None) -> int:
         tower.train(args.train_tower)
         return pred, {k: float(v) for k, v in matched_losses(pred, vtb, vtimg, matcher).items()}
 
+    def pos_r2() -> float:
+        with torch.no_grad():
+            mem = torch.cat([dec.memory_values(memory(vtok[i: i + 128]))[:, 1:] for i in range(0, len(vtok), 128)])
+        return position_probe(mem, int(0.8 * len(mem)))
+
+    print(f"position probe (R² of a patch's x, y from the decoder memory values), before training: {pos_r2():.3f}")
     pred, _ = evaluate()
     const = best_constant(vtb, vtimg, pred.shape[0], pred.shape[1], pred.mean(0))
     base = {k: float(v) for k, v in matched_losses(const.unsqueeze(0).expand_as(pred), vtb, vtimg, matcher).items()}
@@ -148,18 +188,25 @@ def main(argv=None) -> int:
         remap = {int(i): k for k, i in enumerate(idx.tolist())}
         btb = tb[sel]
         bimg = torch.tensor([remap[int(timg[j])] for j in sel], dtype=torch.long)
+        lr = lr_at(step - 1, total_steps=args.steps, warmup_steps=warmup, peak=peak, start=optim.warmup_start_lr,
+                   final=optim.min_lr)
+        for g in opt.param_groups:
+            g["lr"] = lr
         out = dec(memory(tok[idx]))
         m = matched_losses(out["pred_boxes"], btb, bimg, matcher)
         loss = m["l1"] + m["1-giou"]
         opt.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 0.1)  # DETR's clip
+        if clip:
+            torch.nn.utils.clip_grad_norm_(params, clip)
         opt.step()
         if step % max(1, args.steps // 8) == 0 or step == args.steps:
             pred, v = evaluate()
             print(f"{step:>6} {float(loss.detach()):>10.3f} {v['1-giou']:>10.3f} {v['1-giou'] / base['1-giou']:>15.2f} "
                   f"{float(pred.std(0).mean()):>8.3f}", flush=True)
     print(f"({time.perf_counter() - t0:.0f} s; target box std across images {float(vtb.std(0).mean()):.3f})")
+    if args.train_tower:
+        print(f"position probe after training: {pos_r2():.3f}")
     return 0
 
 

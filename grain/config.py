@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from grain.runconfig import STRICT_KEYS  # run files are validated into these classes (trainers/config.py)
 
 KINDS = ("grain", "clip")
-MEMORY_POS = ("none", "sine")  # decoder memory positional encodings (ModelConfig.decoder_memory_pos)
+MEMORY_POS = ("none", "sine", "sine_kv")  # decoder memory positional encodings (ModelConfig.decoder_memory_pos)
+VISION_POS = ("learned", "sincos2d")  # the ViT's positional embedding (ModelConfig.vision_pos_embed)
 
 
 @dataclass
@@ -43,6 +44,12 @@ class ModelConfig:
     vision_heads: int = 12  # ViT attention heads
     vision_mlp_ratio: float = 4.0  # ViT MLP width / model width
     vision_qk_norm: bool = True  # QK-LayerNorm (METHOD §2)
+    # The ViT's positional embedding: "learned" (METHOD §2 and the release: open_clip's learnable table,
+    # init std width^-0.5, weight-decayed) or "sincos2d" (MAE's fixed 2-D sin-cos table, CLS zero; a
+    # frozen parameter under the same state-dict key, so not trained and not decayed). An experiment and
+    # a deviation from METHOD §2 (see docs/bench-grounding.md, "Position options"); it is a tower option,
+    # so it applies to kind="clip" as well and a comparison must set it for both arms.
+    vision_pos_embed: str = "learned"
 
     # Text tower (open_clip TextTransformer, causal mask, EOT pooling → LayerNorm → projection).
     context_length: int = 77  # captions; also the positional-embedding table size
@@ -61,8 +68,10 @@ class ModelConfig:
     decoder_ffn_dim: int = 2048  # region decoder feed-forward width
     decoder_dropout: float = 0.1  # region decoder dropout
     # Positional encoding of the decoder's memory: "none" (METHOD.md §2 and the release: position reaches
-    # the decoder only through the ViT's own position embeddings) or "sine" (DETR's fixed 2-D sine
-    # encoding added to the cross-attention keys; an experiment, see docs/bench-grounding.md).
+    # the decoder only through the ViT's own position embeddings), "sine" (DETR's fixed 2-D sine
+    # encoding added to the cross-attention keys only, as in DETR) or "sine_kv" (the same encoding added
+    # to the keys and the values, so what the queries read says where it came from). "sine"/"sine_kv"
+    # are experiments and deviations from METHOD §2, see docs/bench-grounding.md ("Position options").
     decoder_memory_pos: str = "none"
     max_target_boxes: int = 5  # top-k boxes by detector score kept per image for L_box / L_rd
 
@@ -75,6 +84,8 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.kind must be one of {KINDS}, got {self.kind!r}")
         if self.decoder_memory_pos not in MEMORY_POS:
             raise ValueError(f"ModelConfig.decoder_memory_pos must be one of {MEMORY_POS}, got {self.decoder_memory_pos!r}")
+        if self.vision_pos_embed not in VISION_POS:
+            raise ValueError(f"ModelConfig.vision_pos_embed must be one of {VISION_POS}, got {self.vision_pos_embed!r}")
         if self.image_size % self.patch_size:
             raise ValueError(f"ModelConfig.image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         for w, h, what in (
@@ -163,4 +174,4 @@ PRESETS: dict[str, dict] = {
     ),
 }
 
-__all__ = ["KINDS", "MEMORY_POS", "PRESETS", "LossConfig", "ModelConfig"]
+__all__ = ["KINDS", "MEMORY_POS", "PRESETS", "VISION_POS", "LossConfig", "ModelConfig"]

@@ -10,6 +10,9 @@ norm), W vision width, d decoder width, Q region queries (+1 image query, last),
     memory_pos="sine" (an option, off by default: not in METHOD.md §2 nor the release): DETR's fixed 2-D
     sine encoding of each patch's grid position (zero for CLS) added to the cross-attention keys at
     every layer, values unchanged — as in DETR's decoder. No parameters: checkpoints are unchanged.
+    memory_pos="sine_kv" (an option, off by default): the same encoding added to the memory itself, so to
+    the keys and the values of every cross-attention: what a query reads carries where it was read
+    (with "sine", the values — what reaches the box head — are position-free). No parameters either.
     boxes  = sigmoid(MLP d→d→d→4)(region outputs)                 [B, Q, 4] normalised cxcywh
     region = region outputs @ W_r                                  [B, Q, D]
     image  = image-query output @ W_i                              [B, D]   (the global image embedding)
@@ -109,10 +112,11 @@ class RegionDecoder(nn.Module):
         if memory_pos not in MEMORY_POS:
             raise ValueError(f"memory_pos must be one of {MEMORY_POS}, got {memory_pos!r}")
         if memory_pos != "none" and not grid:
-            raise ValueError("memory_pos='sine' needs the patch grid size (grid=image_size // patch_size)")
+            raise ValueError(f"memory_pos={memory_pos!r} needs the patch grid size (grid=image_size // patch_size)")
         self.num_queries = num_queries
+        self.memory_pos = memory_pos
         # Not a parameter, not saved: recomputed from (grid, dim), so checkpoints are the same either way.
-        self.register_buffer("memory_pos_table", sine_pos_2d(grid, dim) if memory_pos == "sine" else None,
+        self.register_buffer("memory_pos_table", sine_pos_2d(grid, dim) if memory_pos != "none" else None,
                              persistent=False)
         self.memory_proj = nn.Linear(vision_width, dim, bias=False)
         self.memory_norm = nn.LayerNorm(dim)
@@ -133,10 +137,9 @@ class RegionDecoder(nn.Module):
         """
         if tokens.dim() != 3:
             raise ValueError(f"RegionDecoder expects tokens [B, T, W], got shape {tuple(tokens.shape)}")
-        memory = self.memory_norm(self.memory_proj(tokens))
-        pos = self.memory_pos_table
-        if pos is not None and pos.shape[0] != memory.shape[1]:
-            raise ValueError(f"memory_pos table has {pos.shape[0]} positions, the image gave {memory.shape[1]} tokens")
+        memory, pos = self.memory_values(tokens), None
+        if self.memory_pos == "sine":
+            pos = self.memory_pos_table  # keys only, added in every layer
         b = tokens.shape[0]
         query_pos = self.query_embed.weight.unsqueeze(0).expand(b, -1, -1)
         tgt = torch.zeros_like(query_pos)
@@ -150,6 +153,17 @@ class RegionDecoder(nn.Module):
         if return_intermediate:
             result["aux"] = [{k: h[k] for k in ("pred_boxes", "region_embed")} for h in heads[:-1]]
         return result
+
+    def memory_values(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [B, T, W] → what every cross-attention reads as values [B, T, d]: LayerNorm(Linear(tokens)),
+        plus the sine table with ``memory_pos="sine_kv"`` (then the keys too)."""
+        memory = self.memory_norm(self.memory_proj(tokens))
+        pos = self.memory_pos_table
+        if pos is not None and pos.shape[0] != memory.shape[1]:
+            raise ValueError(f"memory_pos table has {pos.shape[0]} positions, the image gave {memory.shape[1]} tokens")
+        if self.memory_pos == "sine_kv":
+            memory = memory + pos.to(memory.dtype)
+        return memory
 
     def _heads(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
         regions, image = h[:, : self.num_queries], h[:, self.num_queries]

@@ -42,6 +42,9 @@ class GrainModel(nn.Module):
             mlp_ratio=cfg.vision_mlp_ratio,
             output_dim=cfg.embed_dim,
             qk_norm=cfg.vision_qk_norm,
+            # "sincos2d": open_clip's MAE table as nn.Parameter(requires_grad=False), same key and shape
+            # as the learnable one; param_groups skips it, so it is neither trained nor decayed.
+            pos_embed_type={"learned": "learnable", "sincos2d": "sin_cos_2d"}[cfg.vision_pos_embed],
         )
         self.text = TextTransformer(
             context_length=cfg.context_length,
@@ -151,7 +154,8 @@ class GrainModel(nn.Module):
     def param_groups(self, weight_decay: float) -> list[dict]:
         """AdamW groups as in the release (open_clip's rule ``p.ndim < 2 or bias/ln/logit_scale``): no
         decay on parameters with < 2 dims (biases, norm gains, the CLS embedding, the logit scale);
-        everything else (weight matrices, patch/positional/token/query embeddings) decays."""
+        everything else (weight matrices, patch/positional/token/query embeddings) decays. Frozen
+        parameters (``vision_pos_embed="sincos2d"``'s fixed table) are in no group."""
         decay, no_decay = [], []
         for name, p in self.named_parameters():
             if not p.requires_grad:

@@ -6,6 +6,7 @@ import json
 import os
 
 import pytest
+import torch
 
 from benchmarks import bench_grounding as bg
 
@@ -92,6 +93,19 @@ def test_cli_help_and_bad_usage(capsys):
 
 
 @pytest.mark.slow
+def test_position_probe_reads_position_not_noise():
+    """grounding_boxes.position_probe: R² ≈ 1 from features that hold the patch's position linearly,
+    ≈ 0 from features that hold none (held-out rows)."""
+    from benchmarks.grounding_boxes import position_probe
+
+    g = torch.Generator().manual_seed(0)
+    n, grid = 40, 4
+    onehot = torch.eye(grid * grid).unsqueeze(0).expand(n, -1, -1)
+    noisy = onehot + 0.05 * torch.randn(n, grid * grid, grid * grid, generator=g)
+    assert position_probe(noisy, 32) > 0.95
+    assert abs(position_probe(torch.randn(n, grid * grid, 16, generator=g), 32)) < 0.1
+
+
 def test_smoke_benchmark_end_to_end_and_resume(tmp_path, capsys):
     """The CI smoke run: corpus → both arms through the trainer → run_eval → table/PNG; a rerun skips."""
     pytest.importorskip("skimage")
@@ -132,3 +146,7 @@ def test_smoke_benchmark_end_to_end_and_resume(tmp_path, capsys):
     assert decoder_probe.main(["--bench", str(out), "--steps", "2", "--train-rows", "32", "--train-tower"]) == 0
     assert decoder_probe.main(["--bench", str(out), "--steps", "2", "--train-rows", "32", "--tower", "oracle"]) == 0
     assert "best image-independent boxes" in capsys.readouterr().out
+    assert decoder_probe.main(["--bench", str(out), "--steps", "2", "--train-rows", "32", "--train-tower",
+                               "--memory-pos", "sine_kv", "--vision-pos", "sincos2d", "--grad-clip", "0"]) == 0
+    assert "position probe" in capsys.readouterr().out
+    assert set(res["grain-seed0"]["position_probe_r2"]) == {"trained", "random-init"}

@@ -1,5 +1,6 @@
 """Recipe options reach the training loop (fast, in-process, 2 steps): DETR auxiliary losses on every
-decoder layer and the sine positional encoding of the decoder memory (both off in the release)."""
+decoder layer, the sine positional encodings of the decoder memory and the fixed 2-D sin-cos ViT
+position (all off in the release)."""
 
 from __future__ import annotations
 
@@ -36,3 +37,26 @@ def test_aux_loss_and_sine_memory_pos_train_in_process(train_shards, tmp_path):
     with torch.no_grad():
         assert torch.isfinite(model.decoder.memory_pos_table).all()
 
+
+
+@pytest.mark.parametrize("kind", ["grain", "clip"])
+def test_position_options_train_in_process(kind, train_shards, tmp_path):
+    """vision_pos_embed=sincos2d (both kinds: a tower option) and decoder_memory_pos=sine_kv reach the
+    trainer; the fixed ViT table comes out of training exactly as built (not trained, not decayed)."""
+    from trainers.cli import main
+
+    out = str(tmp_path / kind)
+    sets = ["--set", "batch_size=8", "--set", "optim.warmup_steps=1", "--set", f"model.kind={kind}",
+            "--set", "model.vision_pos_embed=sincos2d"]
+    if kind == "grain":
+        sets += ["--set", "model.decoder_memory_pos=sine_kv"]
+    assert main(["--data", train_shards, "--output", out, "--profile", "tiny", "--workers", "0", "--max-steps", "2",
+                 *sets]) == 0
+    model, mcfg, extra = load_checkpoint(os.path.join(out, "final.pt"))
+    assert (mcfg.kind, mcfg.vision_pos_embed, extra["step"]) == (kind, "sincos2d", 2)
+    assert mcfg.decoder_memory_pos == ("sine_kv" if kind == "grain" else "none")
+    from grain.model import build_model
+
+    fresh = build_model(mcfg)
+    assert torch.equal(model.visual.positional_embedding, fresh.visual.positional_embedding)
+    assert not model.visual.positional_embedding.requires_grad
