@@ -55,16 +55,29 @@ def zombie_automation(within_s: int):
 
 
 def ensure_zombie_automation(api_url: str, within_s: int) -> str:
-    """Create (or replace) the zombie automation on the server at ``api_url``; return its id."""
+    """Make sure the zombie automation of ``within_s`` exists on the server at ``api_url``; return its id.
+
+    An identical one is kept as it is: replacing it would drop the expectations it holds for runs that
+    already went silent (a worker that died just before `grain stack up` restarted it: its runs would then
+    stay Running forever). One with other settings, or duplicates, are replaced."""
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     automation = zombie_automation(within_s)
     with temporary_settings({PREFECT_API_URL: api_url}):
         with get_client(sync_client=True) as client:
-            for old in client.read_automations_by_name(AUTOMATION_NAME):
-                client.delete_automation(old.id)
+            old = client.read_automations_by_name(AUTOMATION_NAME)
+            if len(old) == 1 and _same(old[0], automation):
+                return str(old[0].id)
+            for a in old:
+                client.delete_automation(a.id)
             return str(automation.create().id)
+
+
+def _same(found, wanted) -> bool:
+    """Same trigger and actions (what the server evaluates), whatever ids and timestamps."""
+    keys = ("trigger", "actions", "enabled")
+    return found.model_dump(mode="json", include=set(keys)) == wanted.model_dump(mode="json", include=set(keys))
 
 
 def main(argv: list[str] | None = None) -> int:

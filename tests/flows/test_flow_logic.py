@@ -204,6 +204,9 @@ def test_zombie_automation_is_created_once_and_crashes_silent_runs(prefect_api):
 
     url = PREFECT_API_URL.value()
     first = ensure_zombie_automation(url, 90)
+    # Unchanged settings keep the automation itself (its pending expectations for silent runs survive a
+    # worker restart); other settings replace it.
+    assert ensure_zombie_automation(url, 90) == first
     second = ensure_zombie_automation(url, 100)
     with get_client(sync_client=True) as client:
         found = client.read_automations_by_name(AUTOMATION_NAME)
