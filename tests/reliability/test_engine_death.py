@@ -31,8 +31,11 @@ def test_killed_vllm_engine_is_restarted_and_its_batch_retried(tiny_models, tmp_
     inp, out = str(tmp_path / "in"), str(tmp_path / "out")
     info = build_corpus(inp, limit=16, shard_size=4, show_progress=False)
     cmd = [sys.executable, "-m", "annotators.cli", "--input", inp, "--output", out, "--profile", "tiny", "--json",
-           "--no-progress", "--set", "run.batch_size=2", "--set", "run.decode_batch_size=2", "--set", "run.max_restarts=2"]
-    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+           "--no-progress", "--set", "run.batch_size=2", "--set", "run.decode_batch_size=2", "--set", "run.max_restarts=2",
+           # ≥ 0.5 s per MLLM batch (a test hook): the 3 shards after the first need ≥ 3 s more, so the kill
+           # lands mid-run however fast the machine (once, the whole run ended before the kill).
+           "--set", "run.inject.describe_delay_s=0.5"]
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "GRAIN_ALLOW_TEST_HOOKS": "1"}
     log, outf = open(tmp_path / "run.log", "w"), open(tmp_path / "stdout.txt", "w")  # files: a pipe could fill
     proc = subprocess.Popen(cmd, env=env, stdout=outf, stderr=log, start_new_session=True)
     engines_seen: dict[int, float] = {}
