@@ -8,8 +8,8 @@ when neither comes — the worker's machine, container or process group is gone 
 to **Crashed** with ``ZOMBIE_MESSAGE``. Re-running the deployment then resumes (committed shards and
 checkpoints are kept; see docs/reliability.md).
 
-The automation lives in the Prefect server's database; ``ensure_zombie_automation`` replaces the one of the
-same name, so ``grain stack up`` can call it every time. On a cluster, run
+The automation lives in the Prefect server's database; ``ensure_zombie_automation`` keeps an identical one
+and replaces one of other settings, so ``grain stack up`` can call it every time. On a cluster, run
 ``python -m infra.zombies --api-url …`` once against the cluster's Prefect server.
 """
 
@@ -75,9 +75,24 @@ def ensure_zombie_automation(api_url: str, within_s: int) -> str:
 
 
 def _same(found, wanted) -> bool:
-    """Same trigger and actions (what the server evaluates), whatever ids and timestamps."""
-    keys = ("trigger", "actions", "enabled")
-    return found.model_dump(mode="json", include=set(keys)) == wanted.model_dump(mode="json", include=set(keys))
+    """Same trigger and actions (what the server evaluates), whatever ids, timestamps and set orders.
+
+    The trigger's ``after``/``expect``/``for_each`` are sets: they dump as lists in an order that depends on
+    the process's string-hash seed, so the lists are compared sorted (an unsorted comparison failed in one
+    process in a few, replaced the automation and lost the expectations of a dead worker's runs)."""
+    keys = {"trigger", "actions", "enabled"}
+    return _canonical(found.model_dump(mode="json", include=keys)) == _canonical(wanted.model_dump(mode="json", include=keys))
+
+
+def _canonical(obj):
+    """``obj`` (a JSON dump) with every list sorted by its items' JSON text; ids of triggers dropped."""
+    import json
+
+    if isinstance(obj, dict):
+        return {k: _canonical(v) for k, v in obj.items() if k != "id"}
+    if isinstance(obj, list):
+        return sorted((_canonical(v) for v in obj), key=lambda v: json.dumps(v, sort_keys=True))
+    return obj
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,8 @@
 """Flow wiring without engines: overrides → stage configs, reports/artifacts on fixture shards, pipeline checks."""
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -203,10 +205,19 @@ def test_zombie_automation_is_created_once_and_crashes_silent_runs(prefect_api):
     from infra.zombies import AUTOMATION_NAME, ensure_zombie_automation, zombie_automation
 
     url = PREFECT_API_URL.value()
-    first = ensure_zombie_automation(url, 90)
     # Unchanged settings keep the automation itself (its pending expectations for silent runs survive a
-    # worker restart); other settings replace it.
-    assert ensure_zombie_automation(url, 90) == first
+    # worker restart), whichever process registers it: the trigger's sets come back in an order set by the
+    # string-hash seeds of the server and the client (CI once replaced it so, and a killed run stayed Running;
+    # the order-independence itself is asserted deterministically in the test below).
+    ids = []
+    for seed in range(4):
+        r = subprocess.run([sys.executable, "-m", "infra.zombies", "--api-url", url, "--within", "90"],
+                           env={**os.environ, "PYTHONHASHSEED": str(seed)}, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr[-2000:]
+        ids.append(r.stdout.strip())
+    first = ids[0]
+    assert ids == [first] * 4 and ensure_zombie_automation(url, 90) == first
+    # Other settings replace it.
     second = ensure_zombie_automation(url, 100)
     with get_client(sync_client=True) as client:
         found = client.read_automations_by_name(AUTOMATION_NAME)
@@ -217,3 +228,20 @@ def test_zombie_automation_is_created_once_and_crashes_silent_runs(prefect_api):
     assert a.actions[0].type == "change-flow-run-state" and a.actions[0].state.value == "CRASHED"
     with pytest.raises(ValueError, match="heartbeat period"):
         zombie_automation(30)
+
+
+def test_zombie_automation_comparison_ignores_the_order_of_its_sets():
+    """The server returns the trigger's ``after``/``expect``/``for_each`` sets as lists in any order: an
+    automation read back with its lists reversed is the same one; another ``within`` is not."""
+    import types
+
+    from infra.zombies import _same, zombie_automation
+
+    wanted = zombie_automation(90)
+    dump = wanted.model_dump(mode="json", include={"trigger", "actions", "enabled"})
+    assert len(dump["trigger"]["expect"]) == 5
+    shuffled = {**dump, "trigger": {**dump["trigger"], "expect": dump["trigger"]["expect"][::-1], "id": "from-server"}}
+    read_back = types.SimpleNamespace(model_dump=lambda **kw: shuffled)
+    assert _same(read_back, wanted)
+    other = {**shuffled, "trigger": {**shuffled["trigger"], "within": 100.0}}
+    assert not _same(types.SimpleNamespace(model_dump=lambda **kw: other), wanted)
