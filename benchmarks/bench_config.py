@@ -49,12 +49,30 @@ class ClassesSection:
 
 
 @dataclass
+class ClutterSection:
+    """``<style>-<split>-clutter`` sets: a small target among larger distractors that are not in the set's
+    label space (Tux Paint cut-outs; for ``-unseen`` sets also seen-class emoji of the same style)."""
+
+    __pydantic_config__ = STRICT_KEYS
+
+    per_class_seen: int = 3  # canvases per class of a -seen-clutter set (196 classes → 588 images)
+    per_class_unseen: int = 8  # canvases per class of an -unseen-clutter set (65 classes → 520 images)
+    target_min_scale: float = 0.15  # the target's longer side / canvas side
+    target_max_scale: float = 0.25
+    distractors: list[int] = field(default_factory=lambda: [2, 3])  # [min, max] distractors per canvas
+    distractor_min_scale: float = 0.22
+    distractor_max_scale: float = 0.4
+    seed: int = 98  # placement seed (its own, so adding clutter sets leaves the other sets unchanged)
+
+
+@dataclass
 class EvalSection:
     """The evaluation sets and how both arms are scored (fixed before any result is seen)."""
 
     __pydantic_config__ = STRICT_KEYS
 
-    sets: list[str] = field(default_factory=list)  # <style>-<seen|unseen> single-object canvases
+    sets: list[str] = field(default_factory=list)  # <style>-<seen|unseen>: single-object canvases; -clutter
+    # suffix: a small target among distractors (see ClutterSection)
     heldout_sets: list[str] = field(default_factory=list)  # the sets whose numbers the summary leads with
     per_class: int = 2  # canvases per class and set
     seed: int = 0  # placement seed of the evaluation canvases
@@ -67,6 +85,13 @@ class EvalSection:
     primary_variant: str = "descriptors"  # the closing GRAIN − CLIP number compares this variant
     batch_size: int = 64  # evaluation batch size
     device: str = "cpu"  # torch device of the evaluation
+    clutter: ClutterSection = field(default_factory=ClutterSection)  # the -clutter sets
+    # Localisation of every GRAIN checkpoint on multi-object canvases never trained on (the training
+    # corpus's spec, another seed): matched 1 − GIoU / best image-independent boxes (grounding_boxes.py).
+    localisation_canvases: int = 512  # 0: not measured
+    localisation_seed: int = 4321
+    # A GRAIN arm whose mean ratio is above this is "not grounded": its zero-shot rows are marked so.
+    grounded_max_ratio: float = 0.85
 
 
 @dataclass
@@ -83,13 +108,21 @@ class BenchConfig:
 
 
 def parse_set_name(name: str) -> tuple[str, str]:
-    """``"twitter-unseen"`` → ("twitter", "unseen"); ValueError naming the set otherwise."""
+    """``"twitter-unseen"`` or ``"twitter-unseen-clutter"`` → ("twitter", "unseen"); ValueError naming the
+    set otherwise (``is_clutter`` tells the two kinds apart)."""
     from evaluation.emoji import STYLES
 
     style, _, split = name.partition("-")
+    if split.endswith("-clutter"):
+        split = split[: -len("-clutter")]
     if style not in STYLES or split not in ("seen", "unseen"):
-        raise ValueError(f"eval set {name!r}: expected <style>-<seen|unseen> with style in {STYLES}")
+        raise ValueError(f"eval set {name!r}: expected <style>-<seen|unseen>[-clutter] with style in {STYLES}")
     return style, split
+
+
+def is_clutter(name: str) -> bool:
+    """A ``-clutter`` set: a small target among distractors (EvalSection.clutter)."""
+    return name.endswith("-clutter")
 
 
 def bench_checks(cfg: BenchConfig) -> list[tuple[str, str]]:
@@ -101,6 +134,9 @@ def bench_checks(cfg: BenchConfig) -> list[tuple[str, str]]:
             parse_set_name(name)
         except ValueError as e:
             out.append(("eval.sets", str(e)))
+    c = cfg.eval.clutter
+    if len(c.distractors) != 2 or not 0 <= c.distractors[0] <= c.distractors[1]:
+        out.append(("eval.clutter.distractors", f"expected [min, max] with 0 ≤ min ≤ max, got {c.distractors}"))
     extra = sorted(set(cfg.eval.heldout_sets) - set(cfg.eval.sets))
     if extra:
         out.append(("eval.heldout_sets", f"{extra} are not in eval.sets"))
@@ -136,4 +172,4 @@ def load_bench_config(path: str | os.PathLike, sets: list[str] | None = None) ->
     return out
 
 
-__all__ = ["BenchConfig", "BenchSection", "ClassesSection", "ConfigError", "EvalSection", "load_bench_config"]
+__all__ = ["BenchConfig", "BenchSection", "ClassesSection", "ClutterSection", "is_clutter", "parse_set_name", "ConfigError", "EvalSection", "load_bench_config"]

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
+import glob
 import json
 import math
 import os
@@ -36,7 +38,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.bench_config import load_bench_config, parse_set_name  # noqa: F401  (re-exported)
+from benchmarks.bench_config import ClutterSection, is_clutter, load_bench_config, parse_set_name  # noqa: F401
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "bench-grounding.yaml"
@@ -49,14 +51,17 @@ SECTIONS = ("bench", "classes", "corpus", "eval", "train")  # benchmarks/bench_c
 # Preparation: split, corpus, evaluation sets
 # ---------------------------------------------------------------------------------------------
 
-PREP_KEYS = {"eval": ("sets", "per_class", "seed", "canvas", "min_scale", "max_scale", "photo_background_prob")}
+PREP_KEYS = {"eval": ("sets", "per_class", "seed", "canvas", "min_scale", "max_scale", "photo_background_prob",
+                      "clutter", "localisation_canvases", "localisation_seed")}
 
 
 def prep_digest(cfg: dict) -> str:
     """What the corpus and the evaluation sets depend on (not training or scoring options)."""
     from evaluation.grounded_corpus import FORMAT_VERSION, spec_digest
 
-    ev = {k: cfg["eval"].get(k) for k in PREP_KEYS["eval"]}
+    # Keys a config leaves out are left out here too, so configs written before a key existed keep their digest.
+    ev = {k: cfg["eval"].get(k) for k in PREP_KEYS["eval"] if k in cfg["eval"]}
+    ev.update({k: None for k in PREP_KEYS["eval"][:7] if k not in ev})
     return spec_digest(FORMAT_VERSION, cfg["classes"], cfg["corpus"], ev)
 
 
@@ -72,13 +77,17 @@ def prepare(cfg: dict, out: str, progress: bool = True) -> dict:
         with open(record_path, encoding="utf-8") as f:
             rec = json.load(f)
         paths = [os.path.join(out, p) for p in rec.get("eval_sets", {}).values()] + [os.path.join(out, "corpus")]
+        paths += [os.path.join(out, rec["localisation"])] if rec.get("localisation") else []
         if rec.get("digest") == digest and all(os.path.isdir(p) for p in paths):
             rec["eval_sets"] = {k: os.path.join(out, v) for k, v in rec["eval_sets"].items()}
+            if rec.get("localisation"):
+                rec["localisation"] = os.path.join(out, rec["localisation"])
             return rec
     rec = _build_prepared(cfg, out, progress)
     rec["digest"] = digest
     with open(record_path, "w", encoding="utf-8") as f:
-        json.dump({**rec, "eval_sets": {k: os.path.relpath(v, out) for k, v in rec["eval_sets"].items()}}, f, indent=1)
+        json.dump({**rec, "eval_sets": {k: os.path.relpath(v, out) for k, v in rec["eval_sets"].items()},
+                   "localisation": rec["localisation"] and os.path.relpath(rec["localisation"], out)}, f, indent=1)
     return rec
 
 
@@ -114,14 +123,38 @@ def _build_prepared(cfg: dict, out: str, progress: bool) -> dict:
                                stamps, progress=progress)
     descriptors = {by_key[k].name: descriptors_for(by_key[k]) for k in keys}
     set_paths = {}
+    canvas = int(e.get("canvas") or spec.canvas)
+    photo_prob = float(e["photo_background_prob"] if e.get("photo_background_prob") is not None else spec.photo_background_prob)
+    clutter = {**dataclasses.asdict(ClutterSection()), **e.get("clutter", {})}
     for name, (style, split) in zip(e["sets"], sets):
         objs = gc.emoji_objects([by_key[k] for k in (seen if split == "seen" else held)], style)
-        set_paths[name] = gc.build_eval_folder(
-            os.path.join(out, "eval-sets", name), objs, descriptors, int(e.get("per_class", 2)), int(e.get("seed", 0)),
-            int(e.get("canvas", spec.canvas)), float(e.get("min_scale", 0.3)), float(e.get("max_scale", 0.6)),
-            float(e.get("photo_background_prob", spec.photo_background_prob)))
+        path = os.path.join(out, "eval-sets", name)
+        if is_clutter(name):
+            # Distractors from outside the label space, sharing no word with any of its classes: Tux Paint
+            # cut-outs, and for held-out classes also the seen classes' emoji in the same style.
+            label_words = set().union(*(gc.words(o.name) for o in objs))
+            pool = [o for o in stamps + (gc.emoji_objects([by_key[k] for k in seen], style) if split == "unseen" else [])
+                    if not gc.words(o.name) & label_words]
+            set_paths[name] = gc.build_clutter_folder(
+                path, objs, pool, descriptors, int(clutter[f"per_class_{split}"]), int(clutter["seed"]), canvas,
+                (float(clutter["target_min_scale"]), float(clutter["target_max_scale"])),
+                (float(clutter["distractor_min_scale"]), float(clutter["distractor_max_scale"])),
+                tuple(int(n) for n in clutter["distractors"]), photo_prob)
+        else:
+            set_paths[name] = gc.build_eval_folder(
+                path, objs, descriptors, int(e.get("per_class", 2)), int(e.get("seed", 0)), canvas,
+                float(e.get("min_scale", 0.3)), float(e.get("max_scale", 0.6)), photo_prob)
+    localisation = None
+    if int(e.get("localisation_canvases", 0)):
+        # Multi-object canvases never trained on: the corpus's own spec, another seed, one shard.
+        n = int(e["localisation_canvases"])
+        loc_spec = gc.CorpusSpec.from_dict({**cfg["corpus"], "images": n, "shard_size": n, "seed": int(e["localisation_seed"])})
+        localisation = os.path.join(out, "localisation")
+        gc.build_corpus(localisation, loc_spec, gc.emoji_objects([by_key[k] for k in seen], train_style), stamps,
+                        progress=progress)
     return {"seen_classes": len(seen), "heldout_classes": len(held), "heldout_names": [by_key[k].name for k in held],
             "tuxpaint_objects": len(stamps), "corpus": {k: manifest[k] for k in ("digest", "files", "spec")},
+            "localisation": localisation,
             "eval_sets": set_paths}
 
 
@@ -151,7 +184,8 @@ def run_one(cfg: dict, prep: dict, arm: str, seed: int, out: str) -> dict:
     results = os.path.join(run_dir, "eval", "results.json")
     if os.path.exists(results):
         print(f"[bench] {arm} seed {seed}: done before, skipped ({results})", flush=True)
-        return json.load(open(results, encoding="utf-8"))
+        run = json.load(open(results, encoding="utf-8"))
+        return _with_localisation(run, prep, arm, run_dir)
     t0 = time.time()
     final = os.path.join(run_dir, "train", "final.pt")
     if not os.path.exists(final):
@@ -165,6 +199,27 @@ def run_one(cfg: dict, prep: dict, arm: str, seed: int, out: str) -> dict:
                       device=str(e.get("device", "cpu")), build_missing=False)
     run = run_eval(ecfg)
     print(f"[bench] {arm} seed {seed}: trained in {t1 - t0:.0f} s, evaluated in {time.time() - t1:.0f} s", flush=True)
+    return _with_localisation(run, prep, arm, run_dir)
+
+
+def _with_localisation(run: dict, prep: dict, arm: str, run_dir: str) -> dict:
+    """Add ``run["localisation"]`` for a GRAIN run (``eval/localisation.json``, measured once) on the
+    prepared localisation canvases (``benchmarks.grounding_boxes.localisation``)."""
+    shards = sorted(glob.glob(os.path.join(prep.get("localisation") or "", "*.parquet")))
+    if arm != "grain" or not shards:
+        return run
+    path = os.path.join(run_dir, "eval", "localisation.json")
+    if not os.path.exists(path):
+        from benchmarks.grounding_boxes import localisation
+
+        loc = localisation(os.path.join(run_dir, "train", "final.pt"), shards[0], rows=10**9)
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(loc, f, indent=1)
+    with open(path, encoding="utf-8") as f:
+        run["localisation"] = json.load(f)
+    r = run["localisation"]
+    print(f"[bench] {os.path.basename(run_dir)}: boxes / best fixed layout {r['ratio']:.2f} on {r['rows']} unseen "
+          f"canvases (spread {r['spread']:.3f}, targets {r['target_spread']:.3f})", flush=True)
     return run
 
 
@@ -202,16 +257,40 @@ def summarize(runs: dict[tuple[str, int], dict], cfg: dict, metric: str = "acc1"
             rows.append(row)
     primary = cfg["eval"].get("primary_variant", "descriptors")
     closing = {r["set"]: r["delta"] for r in rows if r["variant"] == primary and "delta" in r}
-    return {"metric": metric, "rows": rows, "primary_variant": primary, "grain_minus_clip": closing}
+    locs = {seed: run["localisation"] for (arm, seed), run in sorted(runs.items()) if arm == "grain" and run.get("localisation")}
+    loc = None
+    if locs:
+        threshold = float(cfg["eval"].get("grounded_max_ratio", 0.85))
+        ratio = _mean_std([v["ratio"] for v in locs.values()])
+        spread = _mean_std([v["spread"] for v in locs.values()])
+        loc = {"per_seed": {str(k): v for k, v in locs.items()}, "ratio": dict(zip(("mean", "std"), ratio)),
+               "spread": dict(zip(("mean", "std"), spread)), "threshold": threshold, "grounded": ratio[0] <= threshold}
+    return {"metric": metric, "rows": rows, "primary_variant": primary, "grain_minus_clip": closing, "localisation": loc}
+
+
+def localisation_line(summary: dict) -> str:
+    """The precondition, in words: GRAIN's boxes vs the best fixed layout on canvases never trained on."""
+    loc = summary.get("localisation")
+    if not loc:
+        return "Localisation: not measured (eval.localisation_canvases: 0, or no GRAIN run)."
+    seeds = ", ".join(f"seed {k} {v['ratio']:.2f}" for k, v in loc["per_seed"].items())
+    verdict = ("**grounded**" if loc["grounded"] else
+               f"**not grounded** (above {loc['threshold']:.2f}): GRAIN − CLIP below compares a region branch that does not localise")
+    return (f"Localisation (precondition): GRAIN boxes / best fixed layout {loc['ratio']['mean']:.2f} ± {loc['ratio']['std']:.2f} "
+            f"({seeds}; spread {loc['spread']['mean']:.3f}) on unseen multi-object canvases: {verdict}.")
 
 
 def summary_markdown(summary: dict, command: str) -> str:
     fmt = lambda a: f"{a['mean']:.1f} ± {a['std']:.1f}" if a else "—"  # noqa: E731
-    lines = [f"Top-1 accuracy (%), mean ± std over seeds. Command: `{command}`", "",
+    loc = summary.get("localisation")
+    ungrounded = bool(loc) and not loc["grounded"]
+    lines = [f"Top-1 accuracy (%), mean ± std over seeds. Command: `{command}`", "", localisation_line(summary), "",
              "| eval set | variant | CLIP | GRAIN | GRAIN − CLIP |", "|---|---|---|---|---|"]
     for r in summary["rows"]:
         tag = f"{r['set']} ({HELDOUT_NOTE})" if r["heldout"] else r["set"]
         d = f"{r['delta']:+.1f}" + ("" if r.get("delta_vs") == r["variant"] else " (vs CLIP descriptors)") if "delta" in r else "—"
+        if ungrounded and "delta" in r:
+            d += " (not grounded)"
         lines.append(f"| {tag} | {r['variant']} | {fmt(r.get('clip'))} | {fmt(r.get('grain'))} | {d} |")
     lines += ["", f"GRAIN − CLIP top-1 ({summary['primary_variant']}): " +
               ", ".join(f"{k} {v:+.1f}" for k, v in summary["grain_minus_clip"].items())]
@@ -225,7 +304,21 @@ def summary_png(summary: dict, path: str) -> str:
     import matplotlib.pyplot as plt
 
     rows = summary["rows"]
-    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(rows)), 4))
+    loc = summary.get("localisation")
+    fig, (lax, ax) = plt.subplots(1, 2, figsize=(max(6, 0.7 * len(rows)) + 3, 4.5),
+                                  gridspec_kw={"width_ratios": [1, max(4, 0.7 * len(rows))]})
+    if loc:  # localisation first: the accuracy panel only means something when the boxes follow the objects
+        seeds = list(loc["per_seed"])
+        lax.bar(range(len(seeds)), [loc["per_seed"][k]["ratio"] for k in seeds], 0.6, color="tab:orange")
+        lax.axhline(1.0, color="grey", ls="--", lw=1, label="fixed layout")
+        lax.axhline(loc["threshold"], color="tab:red", ls=":", lw=1, label=f"grounded ≤ {loc['threshold']:.2f}")
+        lax.set_xticks(range(len(seeds)), [f"seed {k}" for k in seeds], fontsize=7)
+        lax.set_ylim(0, max(1.2, max(loc["per_seed"][k]["ratio"] for k in seeds) + 0.1))
+        lax.set_title("GRAIN boxes / best fixed layout\n(unseen canvases; lower = localises)", fontsize=8)
+        lax.legend(fontsize=6)
+    else:
+        lax.text(0.5, 0.5, "localisation\nnot measured", ha="center", va="center")
+        lax.set_axis_off()
     for j, arm in enumerate(("clip", "grain")):
         xs = [i + (j - 0.5) * 0.38 for i, r in enumerate(rows) if arm in r]
         ys = [r[arm]["mean"] for r in rows if arm in r]
@@ -233,7 +326,8 @@ def summary_png(summary: dict, path: str) -> str:
         ax.bar(xs, ys, 0.38, yerr=es, capsize=2, label=arm.upper())
     ax.set_xticks(range(len(rows)), [f"{r['set']}\n{r['variant']}" for r in rows], rotation=60, ha="right", fontsize=7)
     ax.set_ylabel(f"top-1 (%), mean ± std")
-    ax.set_title("GRAIN vs CLIP-only, miniature grounding benchmark")
+    ax.set_title("GRAIN vs CLIP-only, miniature grounding benchmark"
+                 + ("" if not loc or loc["grounded"] else " (GRAIN not grounded)"), fontsize=9)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)

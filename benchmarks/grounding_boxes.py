@@ -127,6 +127,30 @@ def memory_for_probe(model, images: torch.Tensor) -> torch.Tensor:
     return torch.cat(out)
 
 
+def localisation(checkpoint: str, shard: str, rows: int = 512) -> dict:
+    """The bench's localisation figure for one GRAIN checkpoint on ``rows`` rows of ``shard`` (canvases it
+    never trained on): ``ratio`` = matched 1 − GIoU of its boxes / that of the best image-independent Q
+    boxes for the same rows (< 1: the boxes follow the objects), ``spread`` = std of its boxes across
+    images (``target_spread``: the targets'), and both 1 − GIoU values."""
+    torch.manual_seed(0)
+    model, cfg, _ = load_checkpoint(checkpoint)
+    model.eval()
+    if cfg.kind != "grain":
+        raise ValueError(f"{checkpoint}: a {cfg.kind!r} checkpoint has no boxes")
+    table = read_table(shard).to_pylist()[:rows]
+    batch = make_batch([sample_from_row(r, cfg) for r in table], cfg)
+    tb, timg = batch["target_boxes"], batch["target_image"]
+    with torch.no_grad():
+        pred = torch.cat([model.encode_image(batch["images"][i: i + 64])["pred_boxes"] for i in range(0, len(table), 64)])
+    b, q = pred.shape[:2]
+    matcher = HungarianMatcher()
+    constant = best_constant(tb, timg, b, q, pred.mean(0))
+    base = float(matched_losses(constant.unsqueeze(0).expand(b, q, 4), tb, timg, matcher)["1-giou"])
+    got = float(matched_losses(pred, tb, timg, matcher)["1-giou"])
+    return {"ratio": got / base, "spread": float(pred.std(0).mean()), "target_spread": float(tb.std(0).mean()),
+            "model_1-giou": got, "best_constant_1-giou": base, "rows": len(table), "targets": int(tb.shape[0])}
+
+
 def patch_labels(batch: dict, n: int, grid: int) -> torch.Tensor:
     """[n, grid²] bool: the patch's centre lies inside one of its image's target boxes (row-major)."""
     c = (torch.arange(grid, dtype=torch.float32) + 0.5) / grid

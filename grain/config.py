@@ -24,6 +24,7 @@ from grain.runconfig import STRICT_KEYS  # run files are validated into these cl
 KINDS = ("grain", "clip")
 MEMORY_POS = ("none", "sine", "sine_kv")  # decoder memory positional encodings (ModelConfig.decoder_memory_pos)
 VISION_POS = ("learned", "sincos2d")  # the ViT's positional embedding (ModelConfig.vision_pos_embed)
+REGION_QUERIES = ("learned", "two_stage")  # where region queries come from (ModelConfig.region_queries)
 
 
 @dataclass
@@ -73,6 +74,12 @@ class ModelConfig:
     # to the keys and the values, so what the queries read says where it came from). "sine"/"sine_kv"
     # are experiments and deviations from METHOD §2, see docs/bench-grounding.md ("Position options").
     decoder_memory_pos: str = "none"
+    # Where the region queries come from: "learned" (METHOD.md §2 and the release: Q learned embeddings,
+    # the same for every image) or "two_stage" (Deformable DETR's two-stage selection: each patch token
+    # scores "an object is centred here" and proposes a box; the Q best local maxima start the queries
+    # and their boxes are refined; trained by LossConfig.lambda_proposal). An experiment and a deviation
+    # from METHOD §2 (docs/bench-grounding.md, "Two-stage region queries"); GRAIN only.
+    region_queries: str = "learned"
     max_target_boxes: int = 5  # top-k boxes by detector score kept per image for L_box / L_rd
 
     # Contrastive temperature: logit_scale = exp(p), p initialised at ln(1/0.07), clamped ≤ ln(100).
@@ -84,6 +91,11 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.kind must be one of {KINDS}, got {self.kind!r}")
         if self.decoder_memory_pos not in MEMORY_POS:
             raise ValueError(f"ModelConfig.decoder_memory_pos must be one of {MEMORY_POS}, got {self.decoder_memory_pos!r}")
+        if self.region_queries not in REGION_QUERIES:
+            raise ValueError(f"ModelConfig.region_queries must be one of {REGION_QUERIES}, got {self.region_queries!r}")
+        if self.region_queries == "two_stage" and self.num_region_queries > (self.image_size // self.patch_size) ** 2:
+            raise ValueError(f"ModelConfig: region_queries='two_stage' selects num_region_queries={self.num_region_queries} "
+                             f"patches, more than the {(self.image_size // self.patch_size) ** 2} the image has")
         if self.vision_pos_embed not in VISION_POS:
             raise ValueError(f"ModelConfig.vision_pos_embed must be one of {VISION_POS}, got {self.vision_pos_embed!r}")
         if self.image_size % self.patch_size:
@@ -138,6 +150,10 @@ class LossConfig:
     # Auxiliary L_box + L_rd on every earlier decoder layer (DETR-style; off in the release). Needs
     # the model's forward(batch, return_intermediate=True).
     aux_loss: bool = False
+    # Weight of the two-stage proposal losses (only with ModelConfig.region_queries="two_stage"): a sigmoid
+    # focal loss on every patch's "object centred here" score (positive: the cell of a target box's
+    # centre) plus L1 + (1 − GIoU) of those cells' proposals, each / the global target count.
+    lambda_proposal: float = 1.0
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -174,4 +190,4 @@ PRESETS: dict[str, dict] = {
     ),
 }
 
-__all__ = ["KINDS", "MEMORY_POS", "PRESETS", "VISION_POS", "LossConfig", "ModelConfig"]
+__all__ = ["KINDS", "MEMORY_POS", "PRESETS", "REGION_QUERIES", "VISION_POS", "LossConfig", "ModelConfig"]

@@ -13,6 +13,10 @@ norm), W vision width, d decoder width, Q region queries (+1 image query, last),
     memory_pos="sine_kv" (an option, off by default): the same encoding added to the memory itself, so to
     the keys and the values of every cross-attention: what a query reads carries where it was read
     (with "sine", the values — what reaches the box head — are position-free). No parameters either.
+    region_queries="two_stage" (an option, off by default: Deformable DETR's two-stage query selection, with
+    CenterNet's one-cell-per-object assignment): every patch token scores "an object is centred here" and
+    proposes a box around its cell; the Q best local maxima become the region queries (content = their
+    memory tokens, boxes = refinements of their proposals). See ``RegionDecoder.proposals``.
     boxes  = sigmoid(MLP d→d→d→4)(region outputs)                 [B, Q, 4] normalised cxcywh
     region = region outputs @ W_r                                  [B, Q, D]
     image  = image-query output @ W_i                              [B, D]   (the global image embedding)
@@ -26,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from grain.config import MEMORY_POS
+from grain.config import MEMORY_POS, REGION_QUERIES
 
 
 def sine_pos_2d(grid: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:
@@ -44,6 +48,16 @@ def sine_pos_2d(grid: int, dim: int, temperature: float = 10000.0) -> torch.Tens
     xx = enc[None, :, :].expand(grid, grid, npf)  # column index → x
     pe = torch.cat((yy, xx), dim=2).reshape(grid * grid, dim)
     return torch.cat((torch.zeros(1, dim), pe), dim=0)
+
+
+def _cell_anchor_logits(grid: int) -> torch.Tensor:
+    """[grid², 4] inverse-sigmoid cxcywh anchors: each patch cell's centre (row-major, like the ViT's
+    patch tokens), width and height two cells (clamped below 1)."""
+    c = (torch.arange(grid, dtype=torch.float32) + 0.5) / grid
+    cy, cx = torch.meshgrid(c, c, indexing="ij")
+    side = torch.full_like(cx, min(2.0 / grid, 0.9))
+    anchors = torch.stack((cx, cy, side, side), dim=-1).reshape(grid * grid, 4)
+    return torch.log(anchors / (1 - anchors))
 
 
 class DecoderLayer(nn.Module):
@@ -107,8 +121,14 @@ class RegionDecoder(nn.Module):
         dropout: float = 0.1,
         memory_pos: str = "none",
         grid: int | None = None,
+        region_queries: str = "learned",
     ):
         super().__init__()
+        if region_queries not in REGION_QUERIES:
+            raise ValueError(f"region_queries must be one of {REGION_QUERIES}, got {region_queries!r}")
+        if region_queries == "two_stage" and (not grid or num_queries > grid * grid):
+            raise ValueError(f"region_queries='two_stage' needs the patch grid (grid={grid}) and at most grid² "
+                             f"patches as queries, got num_queries={num_queries}")
         if memory_pos not in MEMORY_POS:
             raise ValueError(f"memory_pos must be one of {MEMORY_POS}, got {memory_pos!r}")
         if memory_pos != "none" and not grid:
@@ -124,6 +144,14 @@ class RegionDecoder(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(dim, heads, ffn_dim, dropout) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)  # shared final norm, applied to every layer's output (DETR)
         self.box_head = MLP(dim, dim, dim, 4)
+        self.region_queries, self.grid = region_queries, grid
+        if region_queries == "two_stage":
+            self.proposal_score = nn.Linear(dim, 1)  # per patch: "an object is centred in this cell" (logit)
+            self.proposal_box = MLP(dim, dim, 4)  # per patch: box as logit offsets from the cell's anchor
+            nn.init.zeros_(self.proposal_box.layers[-1].weight)  # start at the anchors
+            nn.init.zeros_(self.proposal_box.layers[-1].bias)
+            nn.init.constant_(self.proposal_score.bias, -math.log(99.0))  # focal-loss prior 0.01 (RetinaNet)
+            self.register_buffer("anchor_logits", _cell_anchor_logits(grid), persistent=False)
         scale = dim**-0.5  # open_clip's init for projection matrices
         self.region_proj = nn.Parameter(scale * torch.randn(dim, embed_dim))  # W_r
         self.image_proj = nn.Parameter(scale * torch.randn(dim, embed_dim))  # W_i
@@ -143,13 +171,22 @@ class RegionDecoder(nn.Module):
         b = tokens.shape[0]
         query_pos = self.query_embed.weight.unsqueeze(0).expand(b, -1, -1)
         tgt = torch.zeros_like(query_pos)
+        ref, extra = None, {}
+        if self.region_queries == "two_stage":
+            prop = self.proposals(memory)
+            idx = prop["selected"]  # [B, Q] patch indices
+            content = torch.gather(memory[:, 1:], 1, idx[..., None].expand(-1, -1, memory.shape[-1]))
+            tgt = torch.cat((content, tgt[:, self.num_queries:]), dim=1)  # the image query still starts at zero
+            # Refinements of the selected proposals; the proposals themselves learn from their own loss only.
+            ref = torch.gather(prop["box_logits"], 1, idx[..., None].expand(-1, -1, 4)).detach()
+            extra = {"proposal_logits": prop["logits"], "proposal_boxes": prop["boxes"]}
         outs = []
         for i, layer in enumerate(self.layers):
             tgt = layer(tgt, memory, query_pos, pos)
             if return_intermediate or i == len(self.layers) - 1:
                 outs.append(self.norm(tgt))
-        heads = [self._heads(h) for h in outs]
-        result = heads[-1]
+        heads = [self._heads(h, ref) for h in outs]
+        result = {**heads[-1], **extra}
         if return_intermediate:
             result["aux"] = [{k: h[k] for k in ("pred_boxes", "region_embed")} for h in heads[:-1]]
         return result
@@ -165,10 +202,28 @@ class RegionDecoder(nn.Module):
             memory = memory + pos.to(memory.dtype)
         return memory
 
-    def _heads(self, h: torch.Tensor) -> dict[str, torch.Tensor]:
+    def proposals(self, memory: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Two-stage proposals from the memory's patch tokens (CLS excluded), P = grid² patches:
+        ``logits`` [B, P] (object centred in the cell), ``box_logits`` / ``boxes`` [B, P, 4] (cxcywh before
+        / after the sigmoid; anchor = the cell's centre, side 2 cells), ``selected`` [B, Q]: the Q
+        highest-scoring local maxima of the score map (3×3 max-pool peaks, CenterNet), then the best
+        remaining cells when fewer than Q peaks exist."""
+        patches = memory[:, 1:]
+        g = self.grid
+        logits = self.proposal_score(patches).squeeze(-1)  # [B, P]
+        box_logits = self.anchor_logits.to(patches.dtype) + self.proposal_box(patches)
+        with torch.no_grad():
+            score = logits.detach().float().view(-1, 1, g, g)
+            peak = F.max_pool2d(score, 3, stride=1, padding=1) == score
+            rank = torch.where(peak, score, score - 1e4).flatten(1)  # peaks first, then the rest by score
+            selected = rank.topk(self.num_queries, dim=1).indices
+        return {"logits": logits, "box_logits": box_logits, "boxes": box_logits.sigmoid(), "selected": selected}
+
+    def _heads(self, h: torch.Tensor, ref: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         regions, image = h[:, : self.num_queries], h[:, self.num_queries]
+        delta = self.box_head(regions)
         return {
-            "pred_boxes": self.box_head(regions).sigmoid(),
+            "pred_boxes": (delta if ref is None else ref.to(delta.dtype) + delta).sigmoid(),
             "region_embed": regions @ self.region_proj.to(regions.dtype),
             "image_embed": image @ self.image_proj.to(image.dtype),
         }

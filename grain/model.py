@@ -69,6 +69,7 @@ class GrainModel(nn.Module):
                 dropout=cfg.decoder_dropout,
                 memory_pos=cfg.decoder_memory_pos,
                 grid=cfg.image_size // cfg.patch_size,
+                region_queries=cfg.region_queries,
             )
         else:
             self.decoder = None

@@ -83,6 +83,24 @@ def test_summary_means_stds_and_deltas():
     assert "twitter-seen +5.0" in md
 
 
+def test_summary_marks_comparisons_not_grounded_above_the_threshold():
+    """The localisation precondition: mean boxes / fixed-layout ratio over GRAIN seeds > grounded_max_ratio
+    marks every GRAIN − CLIP entry "not grounded"; at or below it, nothing is marked."""
+    cfg = {"eval": {"sets": ["google-unseen-clutter"], "heldout_sets": ["google-unseen-clutter"], "grounded_max_ratio": 0.85}}
+    acc = {("google-unseen-clutter", "descriptors"): 0.3}
+    loc = lambda r: {"ratio": r, "spread": 0.05, "target_spread": 0.14, "rows": 512}  # noqa: E731
+    for ratios, grounded in (([0.9, 0.84], False), ([0.6, 0.7], True)):
+        runs = {("clip", 0): _run(acc), ("clip", 1): _run(acc),
+                ("grain", 0): {**_run(acc), "localisation": loc(ratios[0])}, ("grain", 1): {**_run(acc), "localisation": loc(ratios[1])}}
+        s = bg.summarize(runs, cfg)
+        assert s["localisation"]["grounded"] is grounded
+        assert s["localisation"]["ratio"]["mean"] == pytest.approx(sum(ratios) / 2)
+        md = bg.summary_markdown(s, "cmd")
+        assert ("not grounded" in md) is not grounded and "seed 0 %.2f" % ratios[0] in md
+        assert ("+0.0 (not grounded)" in md) is not grounded
+    assert "not measured" in bg.summary_markdown(bg.summarize({("clip", 0): _run(acc)}, cfg), "cmd")
+
+
 def test_cli_help_and_bad_usage(capsys):
     with pytest.raises(SystemExit) as e:
         bg.main(["grounding", "--help"])
@@ -127,6 +145,10 @@ def test_smoke_benchmark_end_to_end_and_resume(tmp_path, capsys):
         train = json.loads((out / "runs" / f"{arm}-seed0" / "train" / "run.json").read_text())
         assert train["status"] == "done" and train["result"]["steps"] == cfg["train"]["max_steps"]
     assert (out / "summary.png").stat().st_size > 1000
+    loc = summary["localisation"]  # measured on the prepared canvases the runs never trained on
+    assert loc["per_seed"]["0"]["rows"] == cfg["eval"]["localisation_canvases"] and loc["ratio"]["mean"] > 0
+    assert (out / "runs" / "grain-seed0" / "eval" / "localisation.json").exists()
+    assert "Localisation (precondition)" in (out / "summary.md").read_text()
     capsys.readouterr()
     assert bg.main(["grounding", "--smoke", "--output", str(out), "--quiet"]) == 0  # resumable: nothing retrained
     assert capsys.readouterr().out.count("done before, skipped") == 2

@@ -140,6 +140,38 @@ def test_eval_folder_loads_as_an_evaluation_set(tmp_path, objects):
     assert os.path.getmtime(os.path.join(path, "classes.json")) == mtime  # unchanged inputs: not rebuilt
 
 
+def test_clutter_folder_has_a_small_unoccluded_target_among_distractors(tmp_path, objects):
+    """build_clutter_folder: per_class canvases per class, each with the class's object small and fully
+    visible (pasted last) among larger distractors; the set loads as an evaluation set; boxes recorded."""
+    from evaluation.evalsets import load_evalset
+
+    descriptors = {o.name: ["thing"] for o in objects}
+    targets, distractors = objects[:2], objects[2:]
+    path = gc.build_clutter_folder(str(tmp_path / "cl"), targets, distractors, descriptors, per_class=3, seed=5,
+                                   canvas=128, target_scale=(0.15, 0.2), distractor_scale=(0.3, 0.4),
+                                   n_distractors=(2, 3), photo_prob=0.0)
+    ds = load_evalset(path)
+    assert sorted(ds.classnames) == sorted(o.name for o in targets) and len(ds.images) == 6
+    meta = json.loads(open(os.path.join(path, ".bench-set.json")).read())
+    assert meta["kind"] == "clutter" and len(meta["target_boxes"]) == 6
+    by_name = {o.name: o for o in objects}
+    others = [np.array(Image.open(o.path).convert("RGB").getpixel((10, 10))) for o in distractors]
+    for ref, y in zip(ds.images, ds.labels):
+        rel = os.path.relpath(ref.path, path)
+        x1, y1, x2, y2 = (round(c * 128) for c in meta["target_boxes"][rel])
+        assert 0.15 * 128 - 1 <= max(x2 - x1, y2 - y1) <= 0.2 * 128 + 1  # small
+        px = np.asarray(Image.open(ref.path).convert("RGB")).astype(int)
+        color = np.array(Image.open(by_name[ds.classnames[y]].path).convert("RGB").getpixel((10, 10)))
+        # On top, not occluded: the inner half of its box shows its colour (JPEG smears the edges).
+        w, h = x2 - x1, y2 - y1
+        inner = px[y1 + h // 4: y2 - h // 4, x1 + w // 4: x2 - w // 4]
+        assert (np.abs(inner - color).sum(-1) < 100).mean() > 0.9
+        seen = sum((np.abs(px - c).sum(-1) < 60).sum() > 50 for c in others)
+        assert seen >= 1  # distractors are there (two or three; one may hide another)
+    with pytest.raises(ValueError, match="distractor"):
+        gc.build_clutter_folder(str(tmp_path / "none"), targets, [], descriptors, 1, 0, 64, (0.2, 0.3), (0.3, 0.4), (1, 2), 0.0)
+
+
 def test_sprite_loader_crops_transparency_and_bounds_pixels(tmp_path, objects):
     s = gc.load_sprite(objects[0].path)
     assert s.size == (30, 40) and s.mode == "RGBA"  # the 5 px transparent margin is gone
