@@ -58,10 +58,10 @@ class ClutterSection:
     per_class_seen: int = 3  # canvases per class of a -seen-clutter set (196 classes → 588 images)
     per_class_unseen: int = 8  # canvases per class of an -unseen-clutter set (65 classes → 520 images)
     target_min_scale: float = 0.15  # the target's longer side / canvas side
-    target_max_scale: float = 0.25
+    target_max_scale: float = 0.25  # the target's largest longer side / canvas side
     distractors: list[int] = field(default_factory=lambda: [2, 3])  # [min, max] distractors per canvas
-    distractor_min_scale: float = 0.22
-    distractor_max_scale: float = 0.4
+    distractor_min_scale: float = 0.22  # a distractor's longer side / canvas side, at least
+    distractor_max_scale: float = 0.4  # ... at most
     seed: int = 98  # placement seed (its own, so adding clutter sets leaves the other sets unchanged)
 
 
@@ -88,8 +88,8 @@ class EvalSection:
     clutter: ClutterSection = field(default_factory=ClutterSection)  # the -clutter sets
     # Localisation of every GRAIN checkpoint on multi-object canvases never trained on (the training
     # corpus's spec, another seed): matched 1 − GIoU / best image-independent boxes (grounding_boxes.py).
-    localisation_canvases: int = 512  # 0: not measured
-    localisation_seed: int = 4321
+    localisation_canvases: int = 512  # unseen multi-object canvases for the localisation figure; 0: not measured
+    localisation_seed: int = 4321  # drawing seed of those canvases (the corpus spec otherwise)
     # A GRAIN arm whose mean ratio is above this is "not grounded": its zero-shot rows are marked so.
     grounded_max_ratio: float = 0.85
 

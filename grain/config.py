@@ -150,9 +150,9 @@ class LossConfig:
     # Auxiliary L_box + L_rd on every earlier decoder layer (DETR-style; off in the release). Needs
     # the model's forward(batch, return_intermediate=True).
     aux_loss: bool = False
-    # Weight of the two-stage proposal losses (only with ModelConfig.region_queries="two_stage"): a sigmoid
-    # focal loss on every patch's "object centred here" score (positive: the cell of a target box's
-    # centre) plus L1 + (1 − GIoU) of those cells' proposals, each / the global target count.
+    # Weight of the two-stage proposal losses (only with ModelConfig.region_queries="two_stage"): CenterNet's
+    # heat-map focal loss on every patch's "object centred here" score plus L1 + (1 − GIoU) of the proposals
+    # of the 3 × 3 cells around each target's centre cell, each / the global target count.
     lambda_proposal: float = 1.0
 
     def to_dict(self) -> dict:

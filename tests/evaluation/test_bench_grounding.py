@@ -149,6 +149,11 @@ def test_smoke_benchmark_end_to_end_and_resume(tmp_path, capsys):
     assert loc["per_seed"]["0"]["rows"] == cfg["eval"]["localisation_canvases"] and loc["ratio"]["mean"] > 0
     assert (out / "runs" / "grain-seed0" / "eval" / "localisation.json").exists()
     assert "Localisation (precondition)" in (out / "summary.md").read_text()
+    from benchmarks import ground_examples  # the README's overlays: `grain ground` on a clutter canvas
+
+    assert ground_examples.main(["--bench", str(out), "--set", "google-unseen-clutter", "--n", "1",
+                                 "--output", str(tmp_path / "img")]) == 0
+    assert (tmp_path / "img" / "ground-google-unseen-clutter.png").stat().st_size > 1000
     capsys.readouterr()
     assert bg.main(["grounding", "--smoke", "--output", str(out), "--quiet"]) == 0  # resumable: nothing retrained
     assert capsys.readouterr().out.count("done before, skipped") == 2
