@@ -16,9 +16,7 @@ unchanged:
     box_scores       1.0 for every box (exact boxes; the trainer keeps the top 5 = all of them)
     box_desc_index   index of each box's description
 
-Evaluation folders (``build_eval_folder``) use the same canvases with one object per image, in the
-ImageFolder layout of ``evaluation.evalsets`` (classes.json + descriptors.json); ``build_clutter_folder``
-puts each class's object small among larger distractors from outside the label space.
+Evaluation folders drawn the same way are built by ``evaluation.grounded_evalsets``.
 
 Everything is a pure function of the seeds given: the same call writes byte-identical shards.
 """
@@ -31,7 +29,7 @@ import json
 import os
 import random
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from PIL import Image
 
@@ -213,7 +211,7 @@ def tuxpaint_objects(root: str = TUXPAINT_DIR, exclude_words: set[str] = frozens
 # Composition
 # ---------------------------------------------------------------------------------------------
 
-def _iou(a, b) -> float:
+def iou(a, b) -> float:
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     inter = ix * iy
@@ -240,7 +238,7 @@ def compose(objects: list[ObjectSpec], rng: random.Random, canvas: Image.Image, 
         for _ in range(tries):
             x, y = rng.randint(0, size - w), rng.randint(0, size - h)
             box = [x / size, y / size, (x + w) / size, (y + h) / size]
-            if all(_iou(box, b) <= max_overlap for b in boxes):
+            if all(iou(box, b) <= max_overlap for b in boxes):
                 break
         scaled = sprite.resize((w, h), Image.Resampling.LANCZOS)
         canvas.paste(scaled, (x, y), mask=scaled.getchannel("A"))
@@ -357,118 +355,6 @@ def build_corpus(out_dir: str, spec: CorpusSpec, emoji: list[ObjectSpec], stamps
     return manifest
 
 
-def build_eval_folder(out_dir: str, objects: list[ObjectSpec], descriptors: dict[str, list[str]], per_class: int,
-                      seed: int, canvas: int, min_scale: float, max_scale: float, photo_prob: float) -> str:
-    """ImageFolder set: ``per_class`` single-object canvases per class (``<label>/<i>.jpg``),
-    classes.json (folder → name) and descriptors.json (name → descriptors). Rebuilt only when its
-    inputs change (``.bench-set.json`` digest)."""
-    import shutil
-
-    digest = spec_digest(FORMAT_VERSION, objects, descriptors, per_class, seed, canvas, min_scale, max_scale, photo_prob)
-    marker = os.path.join(out_dir, ".bench-set.json")
-    if os.path.exists(marker):
-        with open(marker, encoding="utf-8") as f:
-            if json.load(f).get("digest") == digest:
-                return out_dir
-    tmp = f"{out_dir}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    rng = random.Random(seed)
-    photos = load_backgrounds()
-    classes = {}
-    for o in objects:
-        folder = re.sub(r"[^a-z0-9]+", "_", f"{o.label}_{o.name}".lower()).strip("_")[:100]
-        os.makedirs(os.path.join(tmp, folder))
-        classes[folder] = o.name
-        for k in range(per_class):
-            img = make_canvas(rng, canvas, photos, photo_prob)
-            compose([o], rng, img, min_scale, max_scale)
-            img.save(os.path.join(tmp, folder, f"{k}.jpg"), quality=JPEG_QUALITY)
-    classes = dict(sorted(classes.items()))  # label order = sorted folder order (evaluation.evalsets)
-    with open(os.path.join(tmp, "classes.json"), "w", encoding="utf-8") as f:
-        json.dump(classes, f, indent=1, ensure_ascii=False)
-    with open(os.path.join(tmp, "descriptors.json"), "w", encoding="utf-8") as f:
-        json.dump({n: descriptors[n] for n in classes.values()}, f, indent=1, ensure_ascii=False)
-    with open(os.path.join(tmp, ".bench-set.json"), "w", encoding="utf-8") as f:
-        json.dump({"digest": digest, "classes": len(classes), "per_class": per_class}, f)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
-    return out_dir
-
-
-def build_clutter_folder(out_dir: str, targets: list[ObjectSpec], distractors: list[ObjectSpec],
-                         descriptors: dict[str, list[str]], per_class: int, seed: int, canvas: int,
-                         target_scale: tuple[float, float], distractor_scale: tuple[float, float],
-                         n_distractors: tuple[int, int], photo_prob: float) -> str:
-    """ImageFolder set like ``build_eval_folder``, but each canvas holds its class's object small
-    (``target_scale``) among ``n_distractors`` (inclusive range) larger objects drawn from ``distractors``
-    (objects outside the set's label space). Distractors are pasted first and the target last, so the
-    target is never occluded. ``.bench-set.json`` also records each image's target box (normalised xyxy)."""
-    import shutil
-
-    if not distractors and n_distractors[1] > 0:
-        raise ValueError(f"{out_dir}: a clutter set needs distractor objects")
-    digest = spec_digest(FORMAT_VERSION, "clutter", targets, distractors, descriptors, per_class, seed, canvas,
-                         target_scale, distractor_scale, n_distractors, photo_prob)
-    marker = os.path.join(out_dir, ".bench-set.json")
-    if os.path.exists(marker):
-        with open(marker, encoding="utf-8") as f:
-            if json.load(f).get("digest") == digest:
-                return out_dir
-    tmp = f"{out_dir}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    rng = random.Random(seed)
-    photos = load_backgrounds()
-    classes, target_boxes = {}, {}
-    for o in targets:
-        folder = re.sub(r"[^a-z0-9]+", "_", f"{o.label}_{o.name}".lower()).strip("_")[:100]
-        os.makedirs(os.path.join(tmp, folder))
-        classes[folder] = o.name
-        for k in range(per_class):
-            img = make_canvas(rng, canvas, photos, photo_prob)
-            others = [rng.choice(distractors) for _ in range(rng.randint(*n_distractors))]
-            boxes = compose(others, rng, img, *distractor_scale)
-            # The target last: placed where it overlaps the distractors least (compose's rule), never occluded.
-            boxes += _compose_after(o, boxes, rng, img, target_scale)
-            img.save(os.path.join(tmp, folder, f"{k}.jpg"), quality=JPEG_QUALITY)
-            target_boxes[f"{folder}/{k}.jpg"] = [round(v, 4) for v in boxes[-1]]
-    classes = dict(sorted(classes.items()))
-    with open(os.path.join(tmp, "classes.json"), "w", encoding="utf-8") as f:
-        json.dump(classes, f, indent=1, ensure_ascii=False)
-    with open(os.path.join(tmp, "descriptors.json"), "w", encoding="utf-8") as f:
-        json.dump({n: descriptors[n] for n in classes.values()}, f, indent=1, ensure_ascii=False)
-    with open(os.path.join(tmp, ".bench-set.json"), "w", encoding="utf-8") as f:
-        json.dump({"digest": digest, "classes": len(classes), "per_class": per_class, "kind": "clutter",
-                   "target_boxes": target_boxes}, f)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
-    return out_dir
-
-
-def _compose_after(obj: ObjectSpec, placed: list[list[float]], rng: random.Random, canvas: Image.Image,
-                   scale: tuple[float, float], tries: int = 30) -> list[list[float]]:
-    """Paste ``obj`` on top of already ``placed`` boxes (compose's placement rule against them)."""
-    size = canvas.width
-    sprite = load_sprite(obj.path)
-    longer = max(2, round(rng.uniform(*scale) * size))
-    f = longer / max(sprite.size)
-    w, h = max(1, round(sprite.width * f)), max(1, round(sprite.height * f))
-    best = None
-    for _ in range(tries):
-        x, y = rng.randint(0, size - w), rng.randint(0, size - h)
-        box = [x / size, y / size, (x + w) / size, (y + h) / size]
-        worst = max((_iou(box, b) for b in placed), default=0.0)
-        if best is None or worst < best[0]:
-            best = (worst, x, y, box)
-        if worst == 0.0:
-            break
-    _, x, y, box = best
-    scaled = sprite.resize((w, h), Image.Resampling.LANCZOS)
-    canvas.paste(scaled, (x, y), mask=scaled.getchannel("A"))
-    return [box]
-
-
-__all__ = ["CorpusSpec", "ObjectSpec", "build_clutter_folder", "build_corpus", "build_eval_folder", "caption_for", "compose",
+__all__ = ["CorpusSpec", "ObjectSpec", "build_corpus", "caption_for", "compose",
            "class_split", "corpus_row", "draw_objects", "emoji_objects", "load_backgrounds", "load_sprite",
            "make_canvas", "tuxpaint_objects"]

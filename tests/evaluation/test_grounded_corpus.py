@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from evaluation import grounded_corpus as gc
+from evaluation import grounded_evalsets as ge
 
 
 def _sprite(path, color, size=(40, 30), margin=5):
@@ -129,14 +130,14 @@ def test_eval_folder_loads_as_an_evaluation_set(tmp_path, objects):
     from evaluation.evalsets import load_evalset
 
     descriptors = {o.name: ["thing", "red"] for o in objects}
-    path = gc.build_eval_folder(str(tmp_path / "ev"), objects[:3], descriptors, per_class=2, seed=1, canvas=96,
+    path = ge.build_eval_folder(str(tmp_path / "ev"), objects[:3], descriptors, per_class=2, seed=1, canvas=96,
                                 min_scale=0.3, max_scale=0.6, photo_prob=0.5)
     ds = load_evalset(path)
     assert sorted(ds.classnames) == sorted(o.name for o in objects[:3])
     assert len(ds.images) == 6 and sorted(ds.labels) == [0, 0, 1, 1, 2, 2]
     assert ds.descriptors == {o.name: ["thing", "red"] for o in objects[:3]}
     mtime = os.path.getmtime(os.path.join(path, "classes.json"))
-    gc.build_eval_folder(str(tmp_path / "ev"), objects[:3], descriptors, 2, 1, 96, 0.3, 0.6, 0.5)
+    ge.build_eval_folder(str(tmp_path / "ev"), objects[:3], descriptors, 2, 1, 96, 0.3, 0.6, 0.5)
     assert os.path.getmtime(os.path.join(path, "classes.json")) == mtime  # unchanged inputs: not rebuilt
 
 
@@ -147,7 +148,7 @@ def test_clutter_folder_has_a_small_unoccluded_target_among_distractors(tmp_path
 
     descriptors = {o.name: ["thing"] for o in objects}
     targets, distractors = objects[:2], objects[2:]
-    path = gc.build_clutter_folder(str(tmp_path / "cl"), targets, distractors, descriptors, per_class=3, seed=5,
+    path = ge.build_clutter_folder(str(tmp_path / "cl"), targets, distractors, descriptors, per_class=3, seed=5,
                                    canvas=128, target_scale=(0.15, 0.2), distractor_scale=(0.3, 0.4),
                                    n_distractors=(2, 3), photo_prob=0.0)
     ds = load_evalset(path)
@@ -169,7 +170,7 @@ def test_clutter_folder_has_a_small_unoccluded_target_among_distractors(tmp_path
         seen = sum((np.abs(px - c).sum(-1) < 60).sum() > 50 for c in others)
         assert seen >= 1  # distractors are there (two or three; one may hide another)
     with pytest.raises(ValueError, match="distractor"):
-        gc.build_clutter_folder(str(tmp_path / "none"), targets, [], descriptors, 1, 0, 64, (0.2, 0.3), (0.3, 0.4), (1, 2), 0.0)
+        ge.build_clutter_folder(str(tmp_path / "none"), targets, [], descriptors, 1, 0, 64, (0.2, 0.3), (0.3, 0.4), (1, 2), 0.0)
 
 
 def test_sprite_loader_crops_transparency_and_bounds_pixels(tmp_path, objects):

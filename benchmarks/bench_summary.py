@@ -1,0 +1,120 @@
+"""`grain bench grounding`'s summary: per (set, variant) mean ± std over seeds of both arms, GRAIN − CLIP,
+the localisation precondition, and the table (markdown) and figure (PNG) made from them."""
+
+from __future__ import annotations
+
+import math
+
+HELDOUT_NOTE = "held-out"
+
+# ---------------------------------------------------------------------------------------------
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    m = sum(xs) / len(xs)
+    return m, (math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0)
+
+
+def summarize(runs: dict[tuple[str, int], dict], cfg: dict, metric: str = "acc1") -> dict:
+    """Per (set, variant): per-arm mean/std of ``metric`` (in %) over seeds, and GRAIN − CLIP with
+    CLIP's ``descriptors`` row as the reference for GRAIN-only fusion rows."""
+    vals: dict[tuple[str, str, str], list[float]] = {}
+    for (arm, _seed), run in sorted(runs.items()):
+        for r in run["results"]:
+            vals.setdefault((r["dataset"], r["variant"], arm), []).append(100.0 * r["metrics"][metric])
+    rows = []
+    heldout = cfg["eval"].get("heldout_sets", [])
+    for ds in cfg["eval"]["sets"]:
+        variants = sorted({v for (d, v, _) in vals if d == ds}, key=lambda v: (v != "names", v != "descriptors", v))
+        for v in variants:
+            row = {"set": ds, "variant": v, "heldout": ds in heldout}
+            for arm in ("clip", "grain"):
+                xs = vals.get((ds, v, arm))
+                if xs:
+                    row[arm] = dict(zip(("mean", "std"), _mean_std(xs)), n=len(xs), values=xs)
+            ref = row.get("clip") or (vals.get((ds, "descriptors", "clip")) and
+                                      dict(zip(("mean", "std"), _mean_std(vals[(ds, "descriptors", "clip")]))))
+            if "grain" in row and ref:
+                row["delta"] = row["grain"]["mean"] - ref["mean"]
+                row["delta_vs"] = v if "clip" in row else "descriptors"
+            rows.append(row)
+    primary = cfg["eval"].get("primary_variant", "descriptors")
+    closing = {r["set"]: r["delta"] for r in rows if r["variant"] == primary and "delta" in r}
+    locs = {seed: run["localisation"] for (arm, seed), run in sorted(runs.items()) if arm == "grain" and run.get("localisation")}
+    loc = None
+    if locs:
+        threshold = float(cfg["eval"].get("grounded_max_ratio", 0.85))
+        ratio = _mean_std([v["ratio"] for v in locs.values()])
+        spread = _mean_std([v["spread"] for v in locs.values()])
+        loc = {"per_seed": {str(k): v for k, v in locs.items()}, "ratio": dict(zip(("mean", "std"), ratio)),
+               "spread": dict(zip(("mean", "std"), spread)), "threshold": threshold, "grounded": ratio[0] <= threshold}
+    return {"metric": metric, "rows": rows, "primary_variant": primary, "grain_minus_clip": closing, "localisation": loc}
+
+
+def localisation_line(summary: dict) -> str:
+    """The precondition, in words: GRAIN's boxes vs the best fixed layout on canvases never trained on."""
+    loc = summary.get("localisation")
+    if not loc:
+        return "Localisation: not measured (eval.localisation_canvases: 0, or no GRAIN run)."
+    seeds = ", ".join(f"seed {k} {v['ratio']:.2f}" for k, v in loc["per_seed"].items())
+    verdict = ("**grounded**" if loc["grounded"] else
+               f"**not grounded** (above {loc['threshold']:.2f}): GRAIN − CLIP below compares a region branch that does not localise")
+    return (f"Localisation (precondition): GRAIN boxes / best fixed layout {loc['ratio']['mean']:.2f} ± {loc['ratio']['std']:.2f} "
+            f"({seeds}; spread {loc['spread']['mean']:.3f}) on unseen multi-object canvases: {verdict}.")
+
+
+def summary_markdown(summary: dict, command: str) -> str:
+    fmt = lambda a: f"{a['mean']:.1f} ± {a['std']:.1f}" if a else "—"  # noqa: E731
+    loc = summary.get("localisation")
+    ungrounded = bool(loc) and not loc["grounded"]
+    lines = [f"Top-1 accuracy (%), mean ± std over seeds. Command: `{command}`", "", localisation_line(summary), "",
+             "| eval set | variant | CLIP | GRAIN | GRAIN − CLIP |", "|---|---|---|---|---|"]
+    for r in summary["rows"]:
+        tag = f"{r['set']} ({HELDOUT_NOTE})" if r["heldout"] else r["set"]
+        d = f"{r['delta']:+.1f}" + ("" if r.get("delta_vs") == r["variant"] else " (vs CLIP descriptors)") if "delta" in r else "—"
+        if ungrounded and "delta" in r:
+            d += " (not grounded)"
+        lines.append(f"| {tag} | {r['variant']} | {fmt(r.get('clip'))} | {fmt(r.get('grain'))} | {d} |")
+    lines += ["", f"GRAIN − CLIP top-1 ({summary['primary_variant']}): " +
+              ", ".join(f"{k} {v:+.1f}" for k, v in summary["grain_minus_clip"].items())]
+    return "\n".join(lines) + "\n"
+
+
+def summary_png(summary: dict, path: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = summary["rows"]
+    loc = summary.get("localisation")
+    fig, (lax, ax) = plt.subplots(1, 2, figsize=(max(6, 0.7 * len(rows)) + 3, 4.5),
+                                  gridspec_kw={"width_ratios": [1, max(4, 0.7 * len(rows))]})
+    if loc:  # localisation first: the accuracy panel only means something when the boxes follow the objects
+        seeds = list(loc["per_seed"])
+        lax.bar(range(len(seeds)), [loc["per_seed"][k]["ratio"] for k in seeds], 0.6, color="tab:orange")
+        lax.axhline(1.0, color="grey", ls="--", lw=1, label="fixed layout")
+        lax.axhline(loc["threshold"], color="tab:red", ls=":", lw=1, label=f"grounded ≤ {loc['threshold']:.2f}")
+        lax.set_xticks(range(len(seeds)), [f"seed {k}" for k in seeds], fontsize=7)
+        lax.set_ylim(0, max(1.2, max(loc["per_seed"][k]["ratio"] for k in seeds) + 0.1))
+        lax.set_title("GRAIN boxes / best fixed layout\n(unseen canvases; lower = localises)", fontsize=8)
+        lax.legend(fontsize=6)
+    else:
+        lax.text(0.5, 0.5, "localisation\nnot measured", ha="center", va="center")
+        lax.set_axis_off()
+    for j, arm in enumerate(("clip", "grain")):
+        xs = [i + (j - 0.5) * 0.38 for i, r in enumerate(rows) if arm in r]
+        ys = [r[arm]["mean"] for r in rows if arm in r]
+        es = [r[arm]["std"] for r in rows if arm in r]
+        ax.bar(xs, ys, 0.38, yerr=es, capsize=2, label=arm.upper())
+    ax.set_xticks(range(len(rows)), [f"{r['set']}\n{r['variant']}" for r in rows], rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel(f"top-1 (%), mean ± std")
+    ax.set_title("GRAIN vs CLIP-only, miniature grounding benchmark"
+                 + ("" if not loc or loc["grounded"] else " (GRAIN not grounded)"), fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+__all__ = ["localisation_line", "summarize", "summary_markdown", "summary_png"]
