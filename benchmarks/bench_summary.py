@@ -85,10 +85,16 @@ def summary_png(summary: dict, path: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = summary["rows"]
+    # One group per evaluation set: both arms on the primary variant, and GRAIN's fusion rows beside them
+    # (the full table, every variant, is summary.md).
+    primary = summary.get("primary_variant", "descriptors")
+    sets = list(dict.fromkeys(r["set"] for r in summary["rows"]))
+    by = {(r["set"], r["variant"]): r for r in summary["rows"]}
+    fusions = sorted({r["variant"] for r in summary["rows"] if r["variant"].startswith("fusion_")}, reverse=True)
+    bars = [("CLIP " + primary, primary, "clip"), ("GRAIN " + primary, primary, "grain")]
+    bars += [(f"GRAIN {v.replace('fusion_a', 'fusion α=')}", v, "grain") for v in fusions]
     loc = summary.get("localisation")
-    fig, (lax, ax) = plt.subplots(1, 2, figsize=(max(6, 0.7 * len(rows)) + 3, 4.5),
-                                  gridspec_kw={"width_ratios": [1, max(4, 0.7 * len(rows))]})
+    fig, (lax, ax) = plt.subplots(1, 2, figsize=(4 + 1.3 * len(sets), 4.8), gridspec_kw={"width_ratios": [1.2, max(3, len(sets))]})
     if loc:  # localisation first: the accuracy panel only means something when the boxes follow the objects
         seeds = list(loc["per_seed"])
         lax.bar(range(len(seeds)), [loc["per_seed"][k]["ratio"] for k in seeds], 0.6, color="tab:orange")
@@ -96,25 +102,25 @@ def summary_png(summary: dict, path: str) -> str:
         lax.axhline(loc["threshold"], color="tab:red", ls=":", lw=1, label=f"grounded ≤ {loc['threshold']:.2f}")
         lax.set_xticks(range(len(seeds)), [f"seed {k}" for k in seeds], fontsize=7)
         lax.set_ylim(0, max(1.2, max(loc["per_seed"][k]["ratio"] for k in seeds) + 0.1))
-        lax.set_title("GRAIN boxes / best fixed layout\n(unseen canvases; lower = localises)", fontsize=8)
-        lax.legend(fontsize=6)
+        lax.set_title("localisation: GRAIN boxes /\nbest fixed layout (lower = better)", fontsize=8)
+        lax.legend(fontsize=6, loc="upper left")
     else:
         lax.text(0.5, 0.5, "localisation\nnot measured", ha="center", va="center")
         lax.set_axis_off()
-    for j, arm in enumerate(("clip", "grain")):
-        xs = [i + (j - 0.5) * 0.38 for i, r in enumerate(rows) if arm in r]
-        ys = [r[arm]["mean"] for r in rows if arm in r]
-        es = [r[arm]["std"] for r in rows if arm in r]
-        ax.bar(xs, ys, 0.38, yerr=es, capsize=2, label=arm.upper())
-    ax.set_xticks(range(len(rows)), [f"{r['set']}\n{r['variant']}" for r in rows], rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel(f"top-1 (%), mean ± std")
-    ax.set_title("GRAIN vs CLIP-only, miniature grounding benchmark"
-                 + ("" if not loc or loc["grounded"] else " (GRAIN not grounded)"), fontsize=9)
-    ax.legend()
+    width = 0.8 / len(bars)
+    for j, (label, variant, arm) in enumerate(bars):
+        pts = [(i, by[(s, variant)][arm]) for i, s in enumerate(sets) if arm in by.get((s, variant), {})]
+        if pts:
+            ax.bar([i - 0.4 + (j + 0.5) * width for i, _ in pts], [a["mean"] for _, a in pts], width,
+                   yerr=[a["std"] for _, a in pts], capsize=2, label=label)
+    held = {r["set"] for r in summary["rows"] if r.get("heldout")}
+    ax.set_xticks(range(len(sets)), [s.replace("-clutter", "\nclutter") + ("\n(held-out)" if s in held else "") for s in sets], fontsize=7)
+    ax.set_ylabel("top-1 (%), mean ± std over seeds")
+    ax.set_title("zero-shot accuracy" + ("" if not loc or loc["grounded"] else " (GRAIN not grounded)"), fontsize=9)
+    ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
 
 __all__ = ["localisation_line", "summarize", "summary_markdown", "summary_png"]

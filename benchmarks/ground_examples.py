@@ -3,7 +3,7 @@
 The canvases are chosen by rule, not by result: image ``0.jpg`` of the first ``--n`` class folders (sorted)
 of ``--set``. For each, the GRAIN checkpoint grounds the class name (``evaluation.embed.ground_to_png``, the
 code behind `grain ground`); the true target box (recorded by the set's builder) is drawn dashed in white.
-One PNG per canvas plus a strip of all of them.
+One PNG per canvas plus a strip of all of them. ``--score`` adds ``hit_rates`` over the whole set.
 
     python -m benchmarks.ground_examples --bench /tmp/bench13 --checkpoint runs/grain-seed0/train/final.pt \
         --set google-unseen-clutter --n 3 --output docs/img
@@ -26,6 +26,37 @@ def _dashed_box(draw, box, size, color=(255, 255, 255), dash=6):
             t += 2 * dash
 
 
+def hit_rates(checkpoint: str, root: str, iou_at: float = 0.5) -> dict:
+    """Over every image of a clutter set (true target boxes from ``.bench-set.json``): the fraction whose
+    class name, grounded by the checkpoint (``evaluation.embed.ground``), lands on the target (IoU ≥
+    ``iou_at``: ``text_hit``), and the fraction where any of the Q region boxes does (``any_query_hit``:
+    what the best text–region choice could reach). The gap separates "no region on the object" from
+    "the text does not pick the region on it"."""
+    import torch
+
+    from evaluation.embed import ground
+    from evaluation.evalsets import decode_ref, load_evalset
+    from evaluation.runner import load_model
+    from grain import box_ops
+    from grain.data import preprocess_image
+
+    with open(os.path.join(root, ".bench-set.json"), encoding="utf-8") as f:
+        truth = json.load(f)["target_boxes"]
+    model, _, _ = load_model(checkpoint)
+    ds = load_evalset(root)
+    text_hit = any_hit = 0
+    with torch.no_grad():
+        for ref, y in zip(ds.images, ds.labels):
+            image = decode_ref(ref)
+            gt = torch.tensor([truth[os.path.relpath(ref.path, root)]])
+            g = ground(model, image, [ds.classnames[y]])[0]
+            text_hit += float(box_ops.box_iou(torch.tensor([g["box_xyxy"]]), gt)[0][0, 0]) >= iou_at
+            boxes = box_ops.box_cxcywh_to_xyxy(model.encode_image(preprocess_image(image, model.cfg.image_size)[None])["pred_boxes"][0])
+            any_hit += float(box_ops.box_iou(boxes.clamp(0, 1), gt)[0].max()) >= iou_at
+    n = len(ds.images)
+    return {"images": n, "text_hit": text_hit / n, "any_query_hit": any_hit / n, "iou_at": iou_at}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bench", required=True, help="a `grain bench grounding` output folder")
@@ -33,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", default="google-unseen-clutter", help="a -clutter evaluation set of the bench")
     ap.add_argument("--n", type=int, default=3)
     ap.add_argument("--output", required=True, help="folder for the PNGs")
+    ap.add_argument("--score", action="store_true", help="also print hit_rates over the whole set")
     args = ap.parse_args(argv)
     from PIL import Image, ImageDraw
 
@@ -69,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     path = os.path.join(args.output, f"ground-{args.set}.png")
     strip.save(path)
     print(f"wrote {path}")
+    if args.score:
+        r = hit_rates(ckpt, root)
+        print(f"{args.set}, {r['images']} images: the class name's region on the target (IoU ≥ {r['iou_at']}) "
+              f"{100 * r['text_hit']:.1f} %; some region on it {100 * r['any_query_hit']:.1f} %")
     return 0
 
 

@@ -154,6 +154,12 @@ def test_smoke_benchmark_end_to_end_and_resume(tmp_path, capsys):
     assert ground_examples.main(["--bench", str(out), "--set", "google-unseen-clutter", "--n", "1",
                                  "--output", str(tmp_path / "img")]) == 0
     assert (tmp_path / "img" / "ground-google-unseen-clutter.png").stat().st_size > 1000
+    from benchmarks import localise_probe  # the evidence table's runs: train on the first shards, score the last
+
+    assert localise_probe.main(["--bench", str(out), "--output", str(tmp_path / "probe"), "--config", str(bg.SMOKE_CONFIG),
+                                "--train-shards", "1", "--set", "train.model.region_queries=two_stage"]) == 0
+    probe = json.loads((tmp_path / "probe" / "boxes.json").read_text())
+    assert probe["grain-seed0"]["model"]["1-giou"] > 0 and "best-constant" in probe
     capsys.readouterr()
     assert bg.main(["grounding", "--smoke", "--output", str(out), "--quiet"]) == 0  # resumable: nothing retrained
     assert capsys.readouterr().out.count("done before, skipped") == 2
