@@ -16,7 +16,8 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
 
 def summarize(runs: dict[tuple[str, int], dict], cfg: dict, metric: str = "acc1") -> dict:
     """Per (set, variant): per-arm mean/std of ``metric`` (in %) over seeds, and GRAIN − CLIP with
-    CLIP's ``descriptors`` row as the reference for GRAIN-only fusion rows."""
+    CLIP's ``descriptors`` row as the reference for GRAIN-only fusion rows; ``delta_std``: the std over
+    seeds of the per-seed differences (seed i of GRAIN − seed i of CLIP), when both arms have the same seeds."""
     vals: dict[tuple[str, str, str], list[float]] = {}
     for (arm, _seed), run in sorted(runs.items()):
         for r in run["results"]:
@@ -36,6 +37,9 @@ def summarize(runs: dict[tuple[str, int], dict], cfg: dict, metric: str = "acc1"
             if "grain" in row and ref:
                 row["delta"] = row["grain"]["mean"] - ref["mean"]
                 row["delta_vs"] = v if "clip" in row else "descriptors"
+                if "clip" in row and row["clip"]["n"] == row["grain"]["n"] > 1:  # same seeds: paired per seed
+                    diffs = [g - c for g, c in zip(row["grain"]["values"], row["clip"]["values"])]
+                    row["delta_std"] = _mean_std(diffs)[1]
             rows.append(row)
     primary = cfg["eval"].get("primary_variant", "descriptors")
     closing = {r["set"]: r["delta"] for r in rows if r["variant"] == primary and "delta" in r}
@@ -70,7 +74,8 @@ def summary_markdown(summary: dict, command: str) -> str:
              "| eval set | variant | CLIP | GRAIN | GRAIN − CLIP |", "|---|---|---|---|---|"]
     for r in summary["rows"]:
         tag = f"{r['set']} ({HELDOUT_NOTE})" if r["heldout"] else r["set"]
-        d = f"{r['delta']:+.1f}" + ("" if r.get("delta_vs") == r["variant"] else " (vs CLIP descriptors)") if "delta" in r else "—"
+        d = (f"{r['delta']:+.1f}" + (f" ± {r['delta_std']:.1f}" if "delta_std" in r else "")
+             + ("" if r.get("delta_vs") == r["variant"] else " (vs CLIP descriptors)")) if "delta" in r else "—"
         if ungrounded and "delta" in r:
             d += " (not grounded)"
         lines.append(f"| {tag} | {r['variant']} | {fmt(r.get('clip'))} | {fmt(r.get('grain'))} | {d} |")

@@ -79,7 +79,8 @@ def test_summary_means_stds_and_deltas():
     assert "clip" not in f and f["delta_vs"] == "descriptors" and f["delta"] == pytest.approx(40.0 - 25.0)
     assert s["grain_minus_clip"] == pytest.approx({"twitter-seen": 5.0, "google-seen": 0.0})
     md = bg.summary_markdown(s, "grain bench grounding")
-    assert "| twitter-seen (held-out) | names | 15.0 ± 7.1 | 30.0 ± 0.0 | +15.0 |" in md
+    assert "| twitter-seen (held-out) | names | 15.0 ± 7.1 | 30.0 ± 0.0 | +15.0 ± 7.1 |" in md  # paired: +20, +10
+    assert rows[("twitter-seen", "descriptors")]["delta_std"] == pytest.approx(21.2132034)  # +20, −10
     assert "twitter-seen +5.0" in md
 
 
@@ -97,7 +98,7 @@ def test_summary_marks_comparisons_not_grounded_above_the_threshold():
         assert s["localisation"]["ratio"]["mean"] == pytest.approx(sum(ratios) / 2)
         md = bg.summary_markdown(s, "cmd")
         assert ("not grounded" in md) is not grounded and "seed 0 %.2f" % ratios[0] in md
-        assert ("+0.0 (not grounded)" in md) is not grounded
+        assert ("+0.0 ± 0.0 (not grounded)" in md) is not grounded
     assert "not measured" in bg.summary_markdown(bg.summarize({("clip", 0): _run(acc)}, cfg), "cmd")
 
 
