@@ -138,6 +138,27 @@ def grounder_kwargs(cfg: AnnotateConfig, models: dict) -> dict:
             "dtype": None if m.detector_dtype == "float32" else m.detector_dtype}  # None: the Grounder's float32
 
 
+def reblock(ds, rows: int, num_cpus: float):
+    """``ds.repartition(target_num_rows_per_block=rows)`` whose tasks ask for ``num_cpus`` CPUs, like the
+    pipeline's other tasks (``run.task_cpus``).
+
+    Ray Data (2.60) gives a streaming repartition no resource argument, so its tasks ask for 1 CPU. When the
+    actor pools hold all of a node's CPUs but one, the second repartition's CPU budget stays 0 and the
+    pipeline stalls for good — measured with ``benchmarks/annotate_scale.py`` at 10⁶ rows on 2 CPUs:
+    ``StreamingRepartition[num_rows_per_block=128] - Tasks: 0 [backpressured:tasks(ResourceBudget)]``,
+    147 blocks queued, nothing committed in 6 minutes. The logical operator's ``ray_remote_args`` is not
+    public API, so a change of Ray's internals is an error here, not a silent 1-CPU task."""
+    out = ds.repartition(target_num_rows_per_block=rows)
+    op = getattr(getattr(out, "_logical_plan", None), "dag", None)
+    if type(op).__name__ != "StreamingRepartition" or not isinstance(getattr(op, "ray_remote_args", None), dict):
+        import ray
+
+        raise RuntimeError(f"reblock: Ray {ray.__version__} builds {type(op).__name__} for a streaming repartition; "
+                           "annotators/pipeline.py needs updating to set its tasks' CPUs")
+    object.__setattr__(op, "ray_remote_args", {**op.ray_remote_args, "num_cpus": num_cpus})  # a frozen dataclass
+    return out
+
+
 def build_dataset(cfg: AnnotateConfig, shards: list, models: dict):
     """The lazy Ray Data pipeline over ``shards`` (see module docstring); yields intermediate rows."""
     import ray
@@ -159,11 +180,11 @@ def build_dataset(cfg: AnnotateConfig, shards: list, models: dict):
     #    whole shard went through the describer as one task and reached the grounder only when all of
     #    it was described: the two model stages never overlapped and rows reached the driver in a burst.
     # Blocks of batch_size rows make every model task one batch, so the stages pipeline.
-    ds = ds.repartition(target_num_rows_per_block=run.decode_batch_size)
+    ds = reblock(ds, run.decode_batch_size, run.task_cpus)
     ds = ds.map_batches(stages.decode_batch, batch_size=run.decode_batch_size, batch_format="pyarrow",
                         num_cpus=run.task_cpus, fn_kwargs={"max_image_pixels": cfg.limits.max_image_pixels,
                                                            "min_image_side": cfg.limits.min_image_side})
-    ds = ds.repartition(target_num_rows_per_block=run.batch_size)
+    ds = reblock(ds, run.batch_size, run.task_cpus)
     describer_kwargs = {"max_new_tokens": m.max_new_tokens, "max_descriptions": m.max_descriptions,
                         "enforce_eager": m.enforce_eager, "max_model_len": m.max_model_len,
                         "gpu_memory_utilization": m.gpu_memory_utilization,

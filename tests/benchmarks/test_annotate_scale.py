@@ -68,3 +68,19 @@ def test_benchmark_prints_the_table_and_the_ratio(ray_local, tmp_path, capsys):
     res = json.loads(out.read_text())
     assert [s["rows"] for s in res["sizes"]] == [100, 1000] and res["sizes"][1]["shards"] == 3
     assert res["goal_ratio"] == res["sizes"][1]["ratio_driver"] > 0
+
+
+def test_reblock_asks_for_the_pipelines_task_cpus_and_keeps_every_row(ray_local):
+    """annotators.pipeline.reblock: the streaming repartition's tasks ask for ``num_cpus`` (Ray's default of
+    1 CPU starved it at 10⁶ rows on 2 CPUs: see its docstring), and rows come out complete, in blocks of at
+    most ``rows``."""
+    import ray
+
+    from annotators.pipeline import reblock
+
+    ds = ray.data.from_items([{"i": i} for i in range(50)], override_num_blocks=2)
+    out = reblock(ds, 8, 0.25)
+    assert out._logical_plan.dag.ray_remote_args["num_cpus"] == 0.25
+    sizes = [len(batch["i"]) for batch in out.iter_batches(batch_size=None)]  # one batch per block
+    assert sum(sizes) == 50 and max(sizes) <= 8
+    assert sorted(r["i"] for r in out.take_all()) == list(range(50))
