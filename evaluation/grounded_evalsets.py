@@ -25,38 +25,12 @@ def build_eval_folder(out_dir: str, objects: list[ObjectSpec], descriptors: dict
     """ImageFolder set: ``per_class`` single-object canvases per class (``<label>/<i>.jpg``),
     classes.json (folder → name) and descriptors.json (name → descriptors). Rebuilt only when its
     inputs change (``.bench-set.json`` digest)."""
-    import shutil
-
     digest = spec_digest(FORMAT_VERSION, objects, descriptors, per_class, seed, canvas, min_scale, max_scale, photo_prob)
-    marker = os.path.join(out_dir, ".bench-set.json")
-    if os.path.exists(marker):
-        with open(marker, encoding="utf-8") as f:
-            if json.load(f).get("digest") == digest:
-                return out_dir
-    tmp = f"{out_dir}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    rng = random.Random(seed)
-    photos = load_backgrounds()
-    classes = {}
-    for o in objects:
-        folder = re.sub(r"[^a-z0-9]+", "_", f"{o.label}_{o.name}".lower()).strip("_")[:100]
-        os.makedirs(os.path.join(tmp, folder))
-        classes[folder] = o.name
-        for k in range(per_class):
-            img = make_canvas(rng, canvas, photos, photo_prob)
-            compose([o], rng, img, min_scale, max_scale)
-            img.save(os.path.join(tmp, folder, f"{k}.jpg"), quality=JPEG_QUALITY)
-    classes = dict(sorted(classes.items()))  # label order = sorted folder order (evaluation.evalsets)
-    with open(os.path.join(tmp, "classes.json"), "w", encoding="utf-8") as f:
-        json.dump(classes, f, indent=1, ensure_ascii=False)
-    with open(os.path.join(tmp, "descriptors.json"), "w", encoding="utf-8") as f:
-        json.dump({n: descriptors[n] for n in classes.values()}, f, indent=1, ensure_ascii=False)
-    with open(os.path.join(tmp, ".bench-set.json"), "w", encoding="utf-8") as f:
-        json.dump({"digest": digest, "classes": len(classes), "per_class": per_class}, f)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
-    return out_dir
+
+    def draw(o: ObjectSpec, rng: random.Random, img: Image.Image) -> list[float]:
+        return compose([o], rng, img, min_scale, max_scale)[0]
+
+    return _build_folder(out_dir, digest, objects, descriptors, per_class, seed, canvas, photo_prob, draw, {})
 
 
 def build_clutter_folder(out_dir: str, targets: list[ObjectSpec], distractors: list[ObjectSpec],
@@ -67,12 +41,28 @@ def build_clutter_folder(out_dir: str, targets: list[ObjectSpec], distractors: l
     (``target_scale``) among ``n_distractors`` (inclusive range) larger objects drawn from ``distractors``
     (objects outside the set's label space). Distractors are pasted first and the target last, so the
     target is never occluded. ``.bench-set.json`` also records each image's target box (normalised xyxy)."""
-    import shutil
-
     if not distractors and n_distractors[1] > 0:
         raise ValueError(f"{out_dir}: a clutter set needs distractor objects")
     digest = spec_digest(FORMAT_VERSION, "clutter", targets, distractors, descriptors, per_class, seed, canvas,
                          target_scale, distractor_scale, n_distractors, photo_prob)
+
+    def draw(o: ObjectSpec, rng: random.Random, img: Image.Image) -> list[float]:
+        others = [rng.choice(distractors) for _ in range(rng.randint(*n_distractors))]
+        boxes = compose(others, rng, img, *distractor_scale)
+        # The target last: placed where it overlaps the distractors least (compose's rule), never occluded.
+        return _compose_after(o, boxes, rng, img, target_scale)[0]
+
+    return _build_folder(out_dir, digest, targets, descriptors, per_class, seed, canvas, photo_prob, draw,
+                         {"kind": "clutter"})
+
+
+def _build_folder(out_dir: str, digest: str, objects: list[ObjectSpec], descriptors: dict[str, list[str]],
+                  per_class: int, seed: int, canvas: int, photo_prob: float, draw, meta: dict) -> str:
+    """The shared part of both builders: unless ``.bench-set.json`` holds ``digest``, draw ``per_class``
+    canvases per object (``draw(obj, rng, canvas) → the object's box``) into a temporary folder with
+    classes.json, descriptors.json and the marker (``meta`` + every image's target box), then swap it in."""
+    import shutil
+
     marker = os.path.join(out_dir, ".bench-set.json")
     if os.path.exists(marker):
         with open(marker, encoding="utf-8") as f:
@@ -84,25 +74,22 @@ def build_clutter_folder(out_dir: str, targets: list[ObjectSpec], distractors: l
     rng = random.Random(seed)
     photos = load_backgrounds()
     classes, target_boxes = {}, {}
-    for o in targets:
+    for o in objects:
         folder = re.sub(r"[^a-z0-9]+", "_", f"{o.label}_{o.name}".lower()).strip("_")[:100]
         os.makedirs(os.path.join(tmp, folder))
         classes[folder] = o.name
         for k in range(per_class):
             img = make_canvas(rng, canvas, photos, photo_prob)
-            others = [rng.choice(distractors) for _ in range(rng.randint(*n_distractors))]
-            boxes = compose(others, rng, img, *distractor_scale)
-            # The target last: placed where it overlaps the distractors least (compose's rule), never occluded.
-            boxes += _compose_after(o, boxes, rng, img, target_scale)
+            box = draw(o, rng, img)
             img.save(os.path.join(tmp, folder, f"{k}.jpg"), quality=JPEG_QUALITY)
-            target_boxes[f"{folder}/{k}.jpg"] = [round(v, 4) for v in boxes[-1]]
-    classes = dict(sorted(classes.items()))
+            target_boxes[f"{folder}/{k}.jpg"] = [round(v, 4) for v in box]
+    classes = dict(sorted(classes.items()))  # label order = sorted folder order (evaluation.evalsets)
     with open(os.path.join(tmp, "classes.json"), "w", encoding="utf-8") as f:
         json.dump(classes, f, indent=1, ensure_ascii=False)
     with open(os.path.join(tmp, "descriptors.json"), "w", encoding="utf-8") as f:
         json.dump({n: descriptors[n] for n in classes.values()}, f, indent=1, ensure_ascii=False)
     with open(os.path.join(tmp, ".bench-set.json"), "w", encoding="utf-8") as f:
-        json.dump({"digest": digest, "classes": len(classes), "per_class": per_class, "kind": "clutter",
+        json.dump({"digest": digest, "classes": len(classes), "per_class": per_class, **meta,
                    "target_boxes": target_boxes}, f)
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
