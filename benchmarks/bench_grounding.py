@@ -50,17 +50,18 @@ SECTIONS = ("bench", "classes", "corpus", "eval", "train")  # benchmarks/bench_c
 # Preparation: split, corpus, evaluation sets
 # ---------------------------------------------------------------------------------------------
 
-PREP_KEYS = {"eval": ("sets", "per_class", "seed", "canvas", "min_scale", "max_scale", "photo_background_prob",
-                      "clutter", "localisation_canvases", "localisation_seed")}
+# eval keys the prepared corpus and sets depend on: the first ones always enter the digest (None when
+# unset), the later ones only when a config sets them, so configs written before they existed keep theirs.
+PREP_KEYS_ALWAYS = ("sets", "per_class", "seed", "canvas", "min_scale", "max_scale", "photo_background_prob")
+PREP_KEYS_WHEN_SET = ("clutter", "localisation_canvases", "localisation_seed")
 
 
 def prep_digest(cfg: dict) -> str:
     """What the corpus and the evaluation sets depend on (not training or scoring options)."""
     from evaluation.grounded_corpus import FORMAT_VERSION, spec_digest
 
-    # Keys a config leaves out are left out here too, so configs written before a key existed keep their digest.
-    ev = {k: cfg["eval"].get(k) for k in PREP_KEYS["eval"] if k in cfg["eval"]}
-    ev.update({k: None for k in PREP_KEYS["eval"][:7] if k not in ev})
+    e = cfg["eval"]
+    ev = {**{k: e.get(k) for k in PREP_KEYS_ALWAYS}, **{k: e[k] for k in PREP_KEYS_WHEN_SET if k in e}}
     return spec_digest(FORMAT_VERSION, cfg["classes"], cfg["corpus"], ev)
 
 
@@ -212,7 +213,7 @@ def _with_localisation(run: dict, prep: dict, arm: str, run_dir: str) -> dict:
     if not os.path.exists(path):
         from benchmarks.grounding_boxes import localisation
 
-        loc = localisation(os.path.join(run_dir, "train", "final.pt"), shards[0], rows=10**9)
+        loc = localisation(os.path.join(run_dir, "train", "final.pt"), shards[0], rows=None)
         with open(path, "w", encoding="utf-8") as f:
             json.dump(loc, f, indent=1)
     with open(path, encoding="utf-8") as f:

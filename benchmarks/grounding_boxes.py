@@ -127,11 +127,11 @@ def memory_for_probe(model, images: torch.Tensor) -> torch.Tensor:
     return torch.cat(out)
 
 
-def localisation(checkpoint: str, shard: str, rows: int = 512) -> dict:
+def localisation(checkpoint: str, shard: str, rows: int | None = 512) -> dict:
     """The bench's localisation figure for one GRAIN checkpoint on ``rows`` rows of ``shard`` (canvases it
     never trained on): ``ratio`` = matched 1 − GIoU of its boxes / that of the best image-independent Q
     boxes for the same rows (< 1: the boxes follow the objects), ``spread`` = std of its boxes across
-    images (``target_spread``: the targets'), and both 1 − GIoU values."""
+    images (``target_spread``: the targets'), and both 1 − GIoU values. ``rows=None``: the whole shard."""
     torch.manual_seed(0)
     model, cfg, _ = load_checkpoint(checkpoint)
     model.eval()
