@@ -25,6 +25,7 @@ KINDS = ("grain", "clip")
 MEMORY_POS = ("none", "sine", "sine_kv")  # decoder memory positional encodings (ModelConfig.decoder_memory_pos)
 VISION_POS = ("learned", "sincos2d")  # the ViT's positional embedding (ModelConfig.vision_pos_embed)
 REGION_QUERIES = ("learned", "two_stage")  # where region queries come from (ModelConfig.region_queries)
+PROPOSAL_HEADS = ("mlp", "conv")  # the two-stage proposal heads (ModelConfig.proposal_head)
 
 
 @dataclass
@@ -80,6 +81,10 @@ class ModelConfig:
     # and their boxes are refined; trained by LossConfig.lambda_proposal). An experiment and a deviation
     # from METHOD §2 (docs/bench-grounding.md, "Two-stage region queries"); GRAIN only.
     region_queries: str = "learned"
+    # The two-stage proposal heads (region_queries="two_stage" only): "mlp" (each patch token alone: a
+    # linear score and a 2-layer MLP box, as Deformable DETR) or "conv" (CenterNet's heads: 3×3 conv,
+    # ReLU, 1×1 conv over the patch grid, so a cell's box reads its neighbours' tokens directly).
+    proposal_head: str = "mlp"
     max_target_boxes: int = 5  # top-k boxes by detector score kept per image for L_box / L_rd
 
     # Contrastive temperature: logit_scale = exp(p), p initialised at ln(1/0.07), clamped ≤ ln(100).
@@ -96,6 +101,8 @@ class ModelConfig:
         if self.region_queries == "two_stage" and self.num_region_queries > (self.image_size // self.patch_size) ** 2:
             raise ValueError(f"ModelConfig: region_queries='two_stage' selects num_region_queries={self.num_region_queries} "
                              f"patches, more than the {(self.image_size // self.patch_size) ** 2} the image has")
+        if self.proposal_head not in PROPOSAL_HEADS:
+            raise ValueError(f"ModelConfig.proposal_head must be one of {PROPOSAL_HEADS}, got {self.proposal_head!r}")
         if self.vision_pos_embed not in VISION_POS:
             raise ValueError(f"ModelConfig.vision_pos_embed must be one of {VISION_POS}, got {self.vision_pos_embed!r}")
         if self.image_size % self.patch_size:
@@ -190,4 +197,4 @@ PRESETS: dict[str, dict] = {
     ),
 }
 
-__all__ = ["KINDS", "MEMORY_POS", "PRESETS", "REGION_QUERIES", "VISION_POS", "LossConfig", "ModelConfig"]
+__all__ = ["KINDS", "MEMORY_POS", "PRESETS", "PROPOSAL_HEADS", "REGION_QUERIES", "VISION_POS", "LossConfig", "ModelConfig"]

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from grain.config import MEMORY_POS, REGION_QUERIES
+from grain.config import MEMORY_POS, PROPOSAL_HEADS, REGION_QUERIES
 
 
 def sine_pos_2d(grid: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:
@@ -106,6 +106,19 @@ class MLP(nn.Module):
         return x
 
 
+class ConvHead(nn.Module):
+    """CenterNet's output head over the patch grid: [B, d, g, g] → [B, g², out] (3×3 conv, ReLU, 1×1 conv), so
+    each cell's output reads its 3 × 3 neighbourhood directly."""
+
+    def __init__(self, dim: int, out: int):
+        super().__init__()
+        self.layers = nn.ModuleList((nn.Conv2d(dim, dim, 3, padding=1), nn.Conv2d(dim, out, 1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layers[1](F.relu(self.layers[0](x)))
+        return x.flatten(2).transpose(1, 2)
+
+
 class RegionDecoder(nn.Module):
     """Region queries over the image tokens → boxes, region embeddings and the global image embedding."""
 
@@ -122,6 +135,7 @@ class RegionDecoder(nn.Module):
         memory_pos: str = "none",
         grid: int | None = None,
         region_queries: str = "learned",
+        proposal_head: str = "mlp",
     ):
         super().__init__()
         if region_queries not in REGION_QUERIES:
@@ -129,6 +143,8 @@ class RegionDecoder(nn.Module):
         if region_queries == "two_stage" and (not grid or num_queries > grid * grid):
             raise ValueError(f"region_queries='two_stage' needs the patch grid (grid={grid}) and at most grid² "
                              f"patches as queries, got num_queries={num_queries}")
+        if proposal_head not in PROPOSAL_HEADS:
+            raise ValueError(f"proposal_head must be one of {PROPOSAL_HEADS}, got {proposal_head!r}")
         if memory_pos not in MEMORY_POS:
             raise ValueError(f"memory_pos must be one of {MEMORY_POS}, got {memory_pos!r}")
         if memory_pos != "none" and not grid:
@@ -144,13 +160,19 @@ class RegionDecoder(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(dim, heads, ffn_dim, dropout) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)  # shared final norm, applied to every layer's output (DETR)
         self.box_head = MLP(dim, dim, dim, 4)
-        self.region_queries, self.grid = region_queries, grid
+        self.region_queries, self.grid, self.proposal_head = region_queries, grid, proposal_head
         if region_queries == "two_stage":
-            self.proposal_score = nn.Linear(dim, 1)  # per patch: "an object is centred in this cell" (logit)
-            self.proposal_box = MLP(dim, dim, 4)  # per patch: box as logit offsets from the cell's anchor
-            nn.init.zeros_(self.proposal_box.layers[-1].weight)  # start at the anchors
-            nn.init.zeros_(self.proposal_box.layers[-1].bias)
-            nn.init.constant_(self.proposal_score.bias, -math.log(99.0))  # focal-loss prior 0.01 (RetinaNet)
+            if proposal_head == "conv":  # CenterNet's heads: 3×3 conv → ReLU → 1×1 conv over the patch grid
+                self.proposal_score = ConvHead(dim, 1)
+                self.proposal_box = ConvHead(dim, 4)
+            else:  # per patch token alone
+                self.proposal_score = nn.Linear(dim, 1)  # "an object is centred in this cell" (logit)
+                self.proposal_box = MLP(dim, dim, 4)  # box as logit offsets from the cell's anchor
+            last_box = self.proposal_box.layers[-1]
+            last_score = self.proposal_score if proposal_head == "mlp" else self.proposal_score.layers[-1]
+            nn.init.zeros_(last_box.weight)  # start at the anchors
+            nn.init.zeros_(last_box.bias)
+            nn.init.constant_(last_score.bias, -math.log(99.0))  # focal-loss prior 0.01 (RetinaNet)
             self.register_buffer("anchor_logits", _cell_anchor_logits(grid), persistent=False)
         scale = dim**-0.5  # open_clip's init for projection matrices
         self.region_proj = nn.Parameter(scale * torch.randn(dim, embed_dim))  # W_r
@@ -210,8 +232,11 @@ class RegionDecoder(nn.Module):
         remaining cells when fewer than Q peaks exist."""
         patches = memory[:, 1:]
         g = self.grid
+        if self.proposal_head == "conv":
+            b, p, d = patches.shape
+            patches = patches.transpose(1, 2).reshape(b, d, g, g)
         logits = self.proposal_score(patches).squeeze(-1)  # [B, P]
-        box_logits = self.anchor_logits.to(patches.dtype) + self.proposal_box(patches)
+        box_logits = self.anchor_logits.to(memory.dtype) + self.proposal_box(patches)
         with torch.no_grad():
             score = logits.detach().float().view(-1, 1, g, g)
             peak = F.max_pool2d(score, 3, stride=1, padding=1) == score

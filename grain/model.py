@@ -70,6 +70,7 @@ class GrainModel(nn.Module):
                 memory_pos=cfg.decoder_memory_pos,
                 grid=cfg.image_size // cfg.patch_size,
                 region_queries=cfg.region_queries,
+                proposal_head=cfg.proposal_head,
             )
         else:
             self.decoder = None
