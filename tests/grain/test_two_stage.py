@@ -100,3 +100,45 @@ def test_proposal_loss_targets_the_centre_cell_and_its_block():
     assert float(GrainLoss._proposal_losses(logits, in_block, tb, timg)["loss_prop_l1"]) > 0.05
     empty = GrainLoss._proposal_losses(logits, boxes, tb[:0], timg[:0])
     assert all(torch.isfinite(v) for v in empty.values()) and float(empty["loss_prop_l1"]) == 0.0
+
+
+def test_conv_proposal_heads_read_the_three_by_three_neighbourhood():
+    """``proposal_head="conv"`` (CenterNet's heads): a cell's score and box change when a neighbouring patch
+    token changes and not when one two cells away does (the ``mlp`` head reads its own token only); the
+    untrained boxes are the anchors; a two-stage model with conv heads gives every parameter a gradient
+    and keeps the mlp head's state-dict keys out."""
+    torch.manual_seed(0)
+    for head in ("conv", "mlp"):
+        dec = _decoder(proposal_head=head).eval()
+        with torch.no_grad():
+            for p in dec.proposal_box.parameters():  # undo the zero init of the last layer
+                p.normal_(0, 0.2)
+        memory = torch.randn(1, 17, 16)
+        base = dec.proposals(memory)
+        changed = set()
+        for cell in range(16):
+            m2 = memory.clone()
+            m2[0, 1 + cell] += 1.0
+            out = dec.proposals(m2)
+            if not torch.allclose(out["box_logits"][0, 5], base["box_logits"][0, 5]) or not torch.allclose(
+                    out["logits"][0, 5], base["logits"][0, 5]):
+                changed.add(cell)
+        # cell 5 is (row 1, col 1) of the 4 × 4 grid: its 3 × 3 block is {0, 1, 2, 4, 5, 6, 8, 9, 10}
+        assert changed == ({0, 1, 2, 4, 5, 6, 8, 9, 10} if head == "conv" else {5}), head
+    fresh = _decoder(proposal_head="conv")
+    p = fresh.proposals(torch.randn(2, 17, 16))
+    assert torch.allclose(p["box_logits"], fresh.anchor_logits.expand(2, -1, -1))
+    with pytest.raises(ValueError, match="proposal_head"):
+        ModelConfig.preset("tiny", region_queries="two_stage", proposal_head="deep")
+    m = build_model(ModelConfig.preset("tiny", region_queries="two_stage", proposal_head="conv"))
+    assert "decoder.proposal_score.layers.0.weight" in m.state_dict()
+    b = 2
+    caps = torch.randint(1, 300, (b, 8))
+    caps[:, -1] = 49407
+    desc = torch.randint(1, 300, (1, 6))
+    desc[:, -1] = 49407
+    batch = {"images": torch.randn(b, 3, 64, 64), "captions": caps, "target_desc_tokens": desc,
+             "target_boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2]]), "target_image": torch.tensor([1]),
+             "target_text_id": torch.tensor([0])}
+    GrainLoss(LossConfig())(m(batch), batch)["loss"].backward()
+    assert [n for n, q in m.named_parameters() if q.requires_grad and q.grad is None] == []
