@@ -26,6 +26,10 @@ and normalised ViT output, plus the sine table with ``decoder_memory_pos=sine_kv
 (x, y) centre, fitted on 80 % of the rows; R² on the other 20 % (1 = position read exactly, 0 = not
 at all). The patch-in-object probe above tests content and cannot see missing position.
 
+Where do two-stage boxes lose (``region_queries="two_stage"``)? Targets binned by how far the nearest
+selected query cell is from their centre cell (0, 1, ≥ 2 cells), with each bin's matched 1 − GIoU, and
+the ratio the box regression alone allows (each target's own centre-cell proposal: perfect selection).
+
     python benchmarks/grounding_boxes.py --bench $GRAIN_CACHE/bench-grounding [--rows 512] [--shard -1]
 """
 
@@ -151,6 +155,40 @@ def localisation(checkpoint: str, shard: str, rows: int | None = 512) -> dict:
             "model_1-giou": got, "best_constant_1-giou": base, "rows": len(table), "targets": int(tb.shape[0])}
 
 
+def selection_breakdown(model, batch: dict, pred: torch.Tensor, base_1giou: float) -> dict | None:
+    """Two-stage checkpoints (``region_queries="two_stage"``) only, else None: where the matched boxes lose.
+    Each target is put in a bin by how far (in cells, Chebyshev) the nearest selected query cell is from
+    the cell holding the target's centre — ``centre`` (0), ``one_off`` (1), ``far`` (≥ 2) — with the bin's
+    share of targets and its mean matched 1 − GIoU; ``oracle_ratio``: the proposal of each target's own
+    centre cell (perfect selection, the box as proposed) / ``base_1giou``, what the box regression alone
+    allows."""
+    dec = model.decoder
+    if dec is None or dec.region_queries != "two_stage":
+        return None
+    tb, timg = batch["target_boxes"], batch["target_image"]
+    g = dec.grid
+    with torch.no_grad():
+        props = [dec.proposals(dec.memory_values(model.image_tokens(batch["images"][i: i + 64])))
+                 for i in range(0, len(batch["images"]), 64)]
+    selected = torch.cat([p["selected"] for p in props])
+    boxes = torch.cat([p["boxes"] for p in props])
+    cell = (tb[:, 1] * g).long().clamp(0, g - 1) * g + (tb[:, 0] * g).long().clamp(0, g - 1)
+    bi, qi, ti = HungarianMatcher()(pred, tb, timg)
+    giou = box_ops.elementwise_generalized_box_iou(box_ops.box_cxcywh_to_xyxy(pred[bi, qi]),
+                                                   box_ops.box_cxcywh_to_xyxy(tb[ti]))
+    loss = torch.full((tb.shape[0],), float("nan"))
+    loss[ti] = 1 - giou
+    sel = selected[timg]  # [M, Q]: the selected cells of each target's image
+    dist = torch.maximum((sel // g - (cell // g)[:, None]).abs(), (sel % g - (cell % g)[:, None]).abs()).min(1).values
+    out = {}
+    for name, k in (("centre", dist == 0), ("one_off", dist == 1), ("far", dist >= 2)):
+        out[name] = {"share": float(k.float().mean()), "1-giou": float(loss[k].nanmean()) if k.any() else float("nan")}
+    own = box_ops.elementwise_generalized_box_iou(box_ops.box_cxcywh_to_xyxy(boxes[timg, cell]),
+                                                  box_ops.box_cxcywh_to_xyxy(tb))
+    out["oracle_ratio"] = float((1 - own).mean()) / base_1giou
+    return out
+
+
 def patch_labels(batch: dict, n: int, grid: int) -> torch.Tensor:
     """[n, grid²] bool: the patch's centre lies inside one of its image's target boxes (row-major)."""
     c = (torch.arange(grid, dtype=torch.float32) + 0.5) / grid
@@ -230,6 +268,9 @@ def main(argv=None) -> int:
             "patch_probe_balanced_accuracy": probe,
             "position_probe_r2": pos_r2,
         }
+        sel = selection_breakdown(model, batch, pred, results["best-constant"]["1-giou"])
+        if sel is not None:
+            r["two_stage_selection"] = sel
         results[run] = r
     base = results["best-constant"]
     print(f"{len(rows)} rows of {os.path.basename(shards[args.shard])}, {int(tb.shape[0])} target boxes; "
@@ -248,6 +289,11 @@ def main(argv=None) -> int:
         p2 = r["position_probe_r2"]
         print(f"{run:<16} position probe (R² of a patch's x, y from the decoder memory): trained "
               f"{p2['trained']:.3f}, random-init {p2['random-init']:.3f}")
+        if "two_stage_selection" in r:
+            s2 = r["two_stage_selection"]
+            print(f"{run:<16} two-stage selection (nearest selected cell to a target's centre cell): " + ", ".join(
+                f"{k} {s2[k]['share']:.0%} of targets (1-GIoU {s2[k]['1-giou']:.3f})" for k in ("centre", "one_off", "far"))
+                + f"; each target's own-cell proposal / best-constant {s2['oracle_ratio']:.2f}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(results, fh, indent=1)

@@ -176,6 +176,9 @@ def test_smoke_benchmark_end_to_end_and_resume(tmp_path, capsys):
     assert set(r["patch_probe_balanced_accuracy"]) == {"trained", "random-init", "position-only"}
     assert all(0 <= v <= 1 for v in r["patch_probe_balanced_accuracy"].values())
     assert r["model"]["1-giou"] >= base - 0.1  # 6 steps of training: no better than the best fixed layout
+    sel = r["two_stage_selection"]  # the smoke config's decoder is the full bench's: two-stage queries
+    assert sum(sel[k]["share"] for k in ("centre", "one_off", "far")) == pytest.approx(1.0)
+    assert sel["oracle_ratio"] > 0
     assert decoder_probe.main(["--bench", str(out), "--steps", "4", "--train-rows", "32"]) == 0
     assert decoder_probe.main(["--bench", str(out), "--steps", "2", "--train-rows", "32", "--train-tower"]) == 0
     assert decoder_probe.main(["--bench", str(out), "--steps", "2", "--train-rows", "32", "--tower", "oracle"]) == 0
