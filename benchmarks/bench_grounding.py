@@ -176,7 +176,7 @@ def train_config_for(cfg: dict, arm: str, seed: int, data: str, out: str):
     return load_config(overrides=section).validate()
 
 
-def run_one(cfg: dict, prep: dict, arm: str, seed: int, out: str) -> dict:
+def run_one(cfg: dict, prep: dict, arm: str, seed: int, out: str, progress: bool = True) -> dict:
     """Train and evaluate one arm/seed unless ``runs/<arm>-seed<seed>/eval/results.json`` exists."""
     from evaluation.runner import EvalConfig, run_eval
     from trainers.run import run_training
@@ -197,7 +197,7 @@ def run_one(cfg: dict, prep: dict, arm: str, seed: int, out: str) -> dict:
     ecfg = EvalConfig(checkpoint=final, datasets=[prep["eval_sets"][s] for s in e["sets"]],
                       output=os.path.join(run_dir, "eval"), alphas=[float(a) for a in e.get("alphas", [1.0, 0.5])],
                       batch_size=int(e.get("batch_size", 64)), templates=e.get("templates"), model_name=f"{arm}-seed{seed}",
-                      device=str(e.get("device", "cpu")), build_missing=False)
+                      device=str(e.get("device", "cpu")), build_missing=False, progress=progress)
     run = run_eval(ecfg)
     print(f"[bench] {arm} seed {seed}: trained in {t1 - t0:.0f} s, evaluated in {time.time() - t1:.0f} s", flush=True)
     return _with_localisation(run, prep, arm, run_dir)
@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = {}
     for seed in seeds:  # seed-major: a partial run already holds complete pairs to compare
         for arm in arms:
-            runs[(arm, seed)] = run_one(cfg, prep, arm, seed, out)
+            runs[(arm, seed)] = run_one(cfg, prep, arm, seed, out, progress=not args.quiet)
     summary = summarize(runs, cfg)
     md = summary_markdown(summary, command)
     with open(os.path.join(out, "summary.md"), "w", encoding="utf-8") as f:

@@ -35,6 +35,7 @@ class EvalConfig:
     model_name: str | None = None  # label in outputs (default: the checkpoint's file name)
     device: str = "cpu"  # torch device of the model
     build_missing: bool = True  # build a named local set when it is not built yet
+    progress: bool = True  # progress bars (encoding images, class embeddings); off for quiet callers
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "<dict>") -> "EvalConfig":

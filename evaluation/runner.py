@@ -43,13 +43,13 @@ def _resolve_dataset(ref: str, build_missing: bool) -> str:
 
 
 @torch.no_grad()
-def encode_images(model, refs, batch_size: int, device: str = "cpu", desc: str = "images") -> dict:
+def encode_images(model, refs, batch_size: int, device: str = "cpu", desc: str = "images", progress: bool = True) -> dict:
     """ImageRefs → ``{"image_embed" [N, D], "region_embed" [N, Q, D] | None}`` (unnormalised)."""
     from grain.data import preprocess_image
 
     size = model.cfg.image_size
     img, reg = [], []
-    for i in tqdm(range(0, len(refs), batch_size), desc=desc, leave=False, disable=len(refs) <= batch_size):
+    for i in tqdm(range(0, len(refs), batch_size), desc=desc, leave=False, disable=not progress or len(refs) <= batch_size):
         x = torch.stack([preprocess_image(decode_ref(r), size) for r in refs[i:i + batch_size]]).to(device)
         out = model.encode_image(x)
         img.append(out["image_embed"].float().cpu())
@@ -96,7 +96,7 @@ def eval_classification(model, ds: ClassificationSet, cfg: EvalConfig, model_nam
     from grain import zeroshot as zs
 
     t0 = time.time()
-    enc = encode_images(model, ds.images, cfg.batch_size, cfg.device, desc=ds.name)
+    enc = encode_images(model, ds.images, cfg.batch_size, cfg.device, desc=ds.name, progress=cfg.progress)
     labels = torch.tensor(ds.labels)
     templates = _templates(cfg, ds)
     base = {"dataset": ds.name, "model": model_name, "task": ds.task, "classes": len(ds.classnames), "layout": ds.layout}
@@ -105,11 +105,11 @@ def eval_classification(model, ds: ClassificationSet, cfg: EvalConfig, model_nam
     def record(variant: str, scores: torch.Tensor, **extra):
         records.append({**base, "variant": variant, "metrics": classification_metrics(scores, labels), **extra})
 
-    ce_names = zs.class_embeddings(model, ds.classnames, None, templates, progress=len(ds.classnames) > 50)
+    ce_names = zs.class_embeddings(model, ds.classnames, None, templates, progress=cfg.progress and len(ds.classnames) > 50)
     final = zs.zeroshot_scores(enc, ce_names, 1.0)
     record("names", final)
     if ds.descriptors:
-        ce_desc = zs.class_embeddings(model, ds.classnames, ds.descriptors, templates, progress=len(ds.classnames) > 50)
+        ce_desc = zs.class_embeddings(model, ds.classnames, ds.descriptors, templates, progress=cfg.progress and len(ds.classnames) > 50)
         final = zs.zeroshot_scores(enc, ce_desc, 1.0)
         record("descriptors", final)
         if enc["region_embed"] is not None:
@@ -121,7 +121,7 @@ def eval_classification(model, ds: ClassificationSet, cfg: EvalConfig, model_nam
 
 
 def eval_retrieval(model, ds: RetrievalSet, cfg: EvalConfig, model_name: str) -> dict:
-    enc = encode_images(model, ds.images, cfg.batch_size, cfg.device, desc=ds.name)
+    enc = encode_images(model, ds.images, cfg.batch_size, cfg.device, desc=ds.name, progress=cfg.progress)
     txt = encode_texts(model, ds.captions, cfg.batch_size * 4, cfg.device)
     return {"dataset": ds.name, "model": model_name, "task": ds.task, "variant": "retrieval", "layout": ds.layout,
             "metrics": retrieval_metrics(enc["image_embed"], txt, ds.caption_image), "skipped_rows": ds.skipped}
