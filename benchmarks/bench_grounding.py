@@ -241,7 +241,45 @@ def _parser() -> argparse.ArgumentParser:
                         "`grain config show bench` lists every key)")
     p.add_argument("--prepare-only", action="store_true", help="build the corpus and evaluation sets, train nothing")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="run the arms as N processes at once (default 1: in turn, in this process). With "
+                        "torch_threads 1, --jobs 2 uses both cores of a 2-core machine; each arm's log goes to "
+                        "OUTPUT/logs/<arm>.log, then this process writes the summary")
     return p
+
+
+def _run_arms_in_parallel(args, cfg: dict, out: str, arms: list[str], seeds: list[int]) -> int:
+    """``--jobs N``: one `grain bench grounding --arms ARM` process per arm, N at a time, on the same
+    (already prepared) output folder; returns the first non-zero exit status (0 when all succeeded)."""
+    import subprocess
+
+    logs = os.path.join(out, "logs")
+    os.makedirs(logs, exist_ok=True)
+    pending, running, status = list(arms), [], 0
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            arm = pending.pop(0)
+            cmd = [sys.executable, "-m", "benchmarks.bench_grounding", "--config", cfg["_path"], "--output", out,
+                   "--arms", arm, "--seeds", *map(str, seeds), "--quiet"]
+            for kv in args.sets:
+                cmd += ["--set", kv]
+            log = os.path.join(logs, f"{arm}.log")
+            print(f"[bench] {arm}: started as its own process, log {log}", flush=True)
+            fh = open(log, "w", encoding="utf-8")
+            running.append((arm, log, fh, subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)))
+        time.sleep(1.0)
+        for item in list(running):
+            arm, log, fh, proc = item
+            if proc.poll() is not None:
+                fh.close()
+                running.remove(item)
+                if proc.returncode:
+                    print(f"grain bench grounding: the {arm} arm failed (exit {proc.returncode}); see {log}",
+                          file=sys.stderr, flush=True)
+                    status = status or proc.returncode
+                else:
+                    print(f"[bench] {arm}: done ({log})", flush=True)
+    return status
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -250,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: grain bench grounding [--help]  (the only benchmark so far)", file=sys.stderr)
         return 2
     args = _parser().parse_args(argv[1:])
+    if args.jobs < 1:
+        print(f"grain bench grounding: --jobs must be ≥ 1, got {args.jobs}", file=sys.stderr)
+        return 2
     from evaluation.datasets import grain_cache
 
     try:
@@ -275,6 +316,10 @@ def main(argv: list[str] | None = None) -> int:
           f"({time.time() - t0:.0f} s)", flush=True)
     if args.prepare_only:
         return 0
+    if args.jobs > 1 and len(arms) > 1:
+        status = _run_arms_in_parallel(args, cfg, out, arms, seeds)
+        if status:
+            return status
     runs = {}
     for seed in seeds:  # seed-major: a partial run already holds complete pairs to compare
         for arm in arms:

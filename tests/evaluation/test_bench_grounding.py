@@ -107,6 +107,7 @@ def test_cli_help_and_bad_usage(capsys):
         bg.main(["grounding", "--help"])
     assert e.value.code == 0 and "--smoke" in capsys.readouterr().out
     assert bg.main(["nothing"]) == 2
+    assert bg.main(["grounding", "--jobs", "0"]) == 2 and "--jobs" in capsys.readouterr().err
     assert bg.main(["grounding", "--config", "/nonexistent.yaml"]) == 2
     assert "/nonexistent.yaml" in capsys.readouterr().err
 
@@ -133,7 +134,12 @@ def test_smoke_benchmark_end_to_end_and_resume(tmp_path, capsys):
     if not os.path.exists(os.path.join(node_modules_dir(), "emoji-datasource-twitter", "package.json")):
         pytest.skip("emoji npm packages not installed (grain data build)")
     out = tmp_path / "smoke"
-    assert bg.main(["grounding", "--smoke", "--output", str(out), "--quiet"]) == 0
+    # --jobs 2: each arm in its own process (logs/<arm>.log), then this process skips both and summarises
+    assert bg.main(["grounding", "--smoke", "--output", str(out), "--quiet", "--jobs", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("started as its own process") == 2 and printed.count("done before, skipped") == 2
+    for arm in ("clip", "grain"):
+        assert f"[bench] {arm} seed 0: trained in" in (out / "logs" / f"{arm}.log").read_text()
     summary = json.loads((out / "summary.json").read_text())
     cfg = bg.load_bench_config(bg.SMOKE_CONFIG)
     assert set(summary["grain_minus_clip"]) == set(cfg["eval"]["sets"])
@@ -181,7 +187,8 @@ def test_smoke_benchmark_end_to_end_and_resume(tmp_path, capsys):
     assert sel["oracle_ratio"] > 0
     assert decoder_probe.main(["--bench", str(out), "--steps", "4", "--train-rows", "32"]) == 0
     assert decoder_probe.main(["--bench", str(out), "--steps", "2", "--train-rows", "32", "--train-tower"]) == 0
-    assert decoder_probe.main(["--bench", str(out), "--steps", "2", "--train-rows", "32", "--tower", "oracle"]) == 0
+    assert decoder_probe.main(["--bench", str(out), "--steps", "2", "--train-rows", "32", "--tower", "oracle",
+                               "--image-size", "64"]) == 0  # the oracle needs width ≥ 2·grid²
     assert "best image-independent boxes" in capsys.readouterr().out
     assert decoder_probe.main(["--bench", str(out), "--steps", "2", "--train-rows", "32", "--train-tower",
                                "--memory-pos", "sine_kv", "--vision-pos", "sincos2d", "--grad-clip", "0"]) == 0
