@@ -31,7 +31,9 @@ def hit_rates(checkpoint: str, root: str, iou_at: float = 0.5) -> dict:
     class name, grounded by the checkpoint (``evaluation.embed.ground``), lands on the target (IoU ≥
     ``iou_at``: ``text_hit``), and the fraction where any of the Q region boxes does (``any_query_hit``:
     what the best text–region choice could reach). The gap separates "no region on the object" from
-    "the text does not pick the region on it"."""
+    "the text does not pick the region on it". Regions as a classifier (the α = 0 idea, with the bare
+    class names): over every (region, class name of the set) pair the most similar one wins;
+    ``winner_on_target``: its region lies on the target, ``winner_correct``: its name is the true class."""
     import torch
 
     from evaluation.embed import ground
@@ -44,17 +46,29 @@ def hit_rates(checkpoint: str, root: str, iou_at: float = 0.5) -> dict:
         truth = json.load(f)["target_boxes"]
     model, _, _ = load_model(checkpoint)
     ds = load_evalset(root)
-    text_hit = any_hit = 0
+    import torch.nn.functional as F
+
+    from evaluation.runner import encode_texts
+
+    text_hit = any_hit = winner_on = winner_ok = 0
     with torch.no_grad():
+        names = F.normalize(encode_texts(model, ds.classnames, context_length=model.cfg.desc_context_length), dim=-1)
         for ref, y in zip(ds.images, ds.labels):
             image = decode_ref(ref)
             gt = torch.tensor([truth[os.path.relpath(ref.path, root)]])
             g = ground(model, image, [ds.classnames[y]])[0]
             text_hit += float(box_ops.box_iou(torch.tensor([g["box_xyxy"]]), gt)[0][0, 0]) >= iou_at
-            boxes = box_ops.box_cxcywh_to_xyxy(model.encode_image(preprocess_image(image, model.cfg.image_size)[None])["pred_boxes"][0])
-            any_hit += float(box_ops.box_iou(boxes.clamp(0, 1), gt)[0].max()) >= iou_at
+            out = model.encode_image(preprocess_image(image, model.cfg.image_size)[None])
+            boxes = box_ops.box_cxcywh_to_xyxy(out["pred_boxes"][0]).clamp(0, 1)
+            iou = box_ops.box_iou(boxes, gt)[0][:, 0]  # [Q]
+            any_hit += float(iou.max()) >= iou_at
+            sim = names @ F.normalize(out["region_embed"][0].float(), dim=-1).T  # [classes, Q]
+            cls, q = divmod(int(sim.argmax()), sim.shape[1])
+            winner_on += float(iou[q]) >= iou_at
+            winner_ok += cls == y
     n = len(ds.images)
-    return {"images": n, "text_hit": text_hit / n, "any_query_hit": any_hit / n, "iou_at": iou_at}
+    return {"images": n, "text_hit": text_hit / n, "any_query_hit": any_hit / n, "winner_on_target": winner_on / n,
+            "winner_correct": winner_ok / n, "iou_at": iou_at}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.score:
         r = hit_rates(ckpt, root)
         print(f"{args.set}, {r['images']} images: the class name's region on the target (IoU ≥ {r['iou_at']}) "
-              f"{100 * r['text_hit']:.1f} %; some region on it {100 * r['any_query_hit']:.1f} %")
+              f"{100 * r['text_hit']:.1f} %; some region on it {100 * r['any_query_hit']:.1f} %; the best (region, class "
+              f"name) pair's region on it {100 * r['winner_on_target']:.1f} %, its name right {100 * r['winner_correct']:.1f} %")
     return 0
 
 

@@ -161,6 +161,11 @@ def test_smoke_benchmark_end_to_end_and_resume(tmp_path, capsys):
     assert ground_examples.main(["--bench", str(out), "--set", "google-unseen-clutter", "--n", "1",
                                  "--output", str(tmp_path / "img")]) == 0
     assert (tmp_path / "img" / "ground-google-unseen-clutter.png").stat().st_size > 1000
+    rates = ground_examples.hit_rates(str(out / "runs" / "grain-seed0" / "train" / "final.pt"),
+                                      str(out / "eval-sets" / "google-unseen-clutter"))
+    assert rates["images"] > 0
+    assert 0 <= rates["text_hit"] <= rates["any_query_hit"] <= 1  # the name's region is one of the Q regions
+    assert 0 <= rates["winner_on_target"] <= rates["any_query_hit"] and 0 <= rates["winner_correct"] <= 1
     from benchmarks import localise_probe  # the evidence table's runs: train on the first shards, score the last
 
     assert localise_probe.main(["--bench", str(out), "--output", str(tmp_path / "probe"), "--config", str(bg.SMOKE_CONFIG),
