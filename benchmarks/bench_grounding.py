@@ -251,11 +251,31 @@ def _parser() -> argparse.ArgumentParser:
 def _run_arms_in_parallel(args, cfg: dict, out: str, arms: list[str], seeds: list[int]) -> int:
     """``--jobs N``: one `grain bench grounding --arms ARM` process per arm, N at a time, on the same
     (already prepared) output folder; returns the first non-zero exit status (0 when all succeeded)."""
-    import subprocess
-
     logs = os.path.join(out, "logs")
     os.makedirs(logs, exist_ok=True)
-    pending, running, status = list(arms), [], 0
+    import signal
+
+    def _stop(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    pending, running = list(arms), []
+    previous = signal.signal(signal.SIGTERM, _stop)  # a terminated parent stops its arms too
+    try:
+        status = _supervise(args, cfg, out, seeds, logs, pending, running)
+    finally:  # interrupted (Ctrl-C, SIGTERM) or failed: no arm keeps training on its own
+        signal.signal(signal.SIGTERM, previous)
+        for _, _, fh, proc in running:
+            proc.terminate()
+            proc.wait()
+            fh.close()
+    return status
+
+
+def _supervise(args, cfg, out, seeds, logs, pending, running) -> int:
+    """Start arms from ``pending`` while fewer than ``args.jobs`` run; move finished ones out of ``running``."""
+    import subprocess
+
+    status = 0
     while pending or running:
         while pending and len(running) < args.jobs:
             arm = pending.pop(0)
@@ -317,7 +337,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.prepare_only:
         return 0
     if args.jobs > 1 and len(arms) > 1:
-        status = _run_arms_in_parallel(args, cfg, out, arms, seeds)
+        try:
+            status = _run_arms_in_parallel(args, cfg, out, arms, seeds)
+        except KeyboardInterrupt:
+            print(f"grain bench grounding: interrupted; the arms were stopped. Finished runs are kept in {out}: "
+                  "the same command resumes", file=sys.stderr, flush=True)
+            return 130
         if status:
             return status
     runs = {}

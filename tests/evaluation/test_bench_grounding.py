@@ -199,3 +199,32 @@ def test_smoke_benchmark_end_to_end_and_resume(tmp_path, capsys):
                                "--memory-pos", "sine_kv", "--vision-pos", "sincos2d", "--grad-clip", "0"]) == 0
     assert "position probe" in capsys.readouterr().out
     assert set(res["grain-seed0"]["position_probe_r2"]) == {"trained", "random-init"}
+
+
+def test_jobs_stops_its_arms_when_terminated(tmp_path):
+    """`--jobs 2` under SIGTERM (a job manager stopping it): both arm processes are stopped with it, and
+    it exits 130 with a one-line message (no traceback)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pytest.importorskip("skimage")
+    from evaluation.datasets import node_modules_dir
+
+    if not os.path.exists(os.path.join(node_modules_dir(), "emoji-datasource-twitter", "package.json")):
+        pytest.skip("emoji npm packages not installed (grain data build)")
+    out = tmp_path / "bench"
+    parent = subprocess.Popen([sys.executable, "-m", "benchmarks.bench_grounding", "--smoke", "--output", str(out),
+                               "--jobs", "2", "--quiet", "--set", "train.epochs=1000", "--set", "train.max_steps=100000"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not all((out / "logs" / f"{a}.log").exists() for a in ("clip", "grain")):
+        time.sleep(0.5)
+    children = subprocess.run(["pgrep", "-P", str(parent.pid)], capture_output=True, text=True).stdout.split()
+    assert len(children) == 2, children
+    parent.send_signal(signal.SIGTERM)
+    _, err = parent.communicate(timeout=60)
+    assert parent.returncode == 130 and "interrupted; the arms were stopped" in err and "Traceback" not in err
+    for pid in children:
+        assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read().lower()
