@@ -17,6 +17,8 @@ norm), W vision width, d decoder width, Q region queries (+1 image query, last),
     CenterNet's one-cell-per-object assignment): every patch token scores "an object is centred here" and
     proposes a box around its cell; the Q best local maxima become the region queries (content = their
     memory tokens, boxes = refinements of their proposals). See ``RegionDecoder.proposals``.
+    proposal_head="conv" (with two_stage; default "mlp", per token): CenterNet's 3×3 conv → ReLU → 1×1 conv
+    heads over the patch grid, so each cell's score and box read its 8 neighbours too (``ConvHead``).
     boxes  = sigmoid(MLP d→d→d→4)(region outputs)                 [B, Q, 4] normalised cxcywh
     region = region outputs @ W_r                                  [B, Q, D]
     image  = image-query output @ W_i                              [B, D]   (the global image embedding)
