@@ -28,17 +28,18 @@ def _dashed_box(draw, box, size, color=(255, 255, 255), dash=6):
 
 def hit_rates(checkpoint: str, root: str, iou_at: float = 0.5) -> dict:
     """Over every image of a clutter set (true target boxes from ``.bench-set.json``): the fraction whose
-    class name, grounded by the checkpoint (``evaluation.embed.ground``), lands on the target (IoU ≥
-    ``iou_at``: ``text_hit``), and the fraction where any of the Q region boxes does (``any_query_hit``:
-    what the best text–region choice could reach). The gap separates "no region on the object" from
-    "the text does not pick the region on it". Regions as a classifier (the α = 0 idea, with the bare
-    class names): over every (region, class name of the set) pair the most similar one wins;
-    ``winner_on_target``: its region lies on the target, ``winner_correct``: its name is the true class."""
+    class name, grounded as ``evaluation.embed.ground`` (`grain ground`) does it — the region most similar to
+    the name — lands on the target (IoU ≥ ``iou_at``: ``text_hit``), and the fraction where any of the Q
+    region boxes does (``any_query_hit``: what the best text–region choice could reach). The gap separates
+    "no region on the object" from "the text does not pick the region on it". Regions as a classifier (the
+    α = 0 idea, with the bare class names): over every (region, class name of the set) pair the most similar
+    one wins; ``winner_on_target``: its region lies on the target, ``winner_correct``: its name is the true
+    class. One image forward and one text encoding of the set's names serve all four."""
     import torch
+    import torch.nn.functional as F
 
-    from evaluation.embed import ground
     from evaluation.evalsets import decode_ref, load_evalset
-    from evaluation.runner import load_model
+    from evaluation.runner import encode_texts, load_model
     from grain import box_ops
     from grain.data import preprocess_image
 
@@ -46,23 +47,18 @@ def hit_rates(checkpoint: str, root: str, iou_at: float = 0.5) -> dict:
         truth = json.load(f)["target_boxes"]
     model, _, _ = load_model(checkpoint)
     ds = load_evalset(root)
-    import torch.nn.functional as F
-
-    from evaluation.runner import encode_texts
-
     text_hit = any_hit = winner_on = winner_ok = 0
     with torch.no_grad():
+        # as evaluation.embed.ground: names at the description length, cosine against each region
         names = F.normalize(encode_texts(model, ds.classnames, context_length=model.cfg.desc_context_length), dim=-1)
         for ref, y in zip(ds.images, ds.labels):
-            image = decode_ref(ref)
             gt = torch.tensor([truth[os.path.relpath(ref.path, root)]])
-            g = ground(model, image, [ds.classnames[y]])[0]
-            text_hit += float(box_ops.box_iou(torch.tensor([g["box_xyxy"]]), gt)[0][0, 0]) >= iou_at
-            out = model.encode_image(preprocess_image(image, model.cfg.image_size)[None])
-            boxes = box_ops.box_cxcywh_to_xyxy(out["pred_boxes"][0]).clamp(0, 1)
+            out = model.encode_image(preprocess_image(decode_ref(ref), model.cfg.image_size)[None])
+            boxes = box_ops.box_cxcywh_to_xyxy(out["pred_boxes"][0].float()).clamp(0, 1)
             iou = box_ops.box_iou(boxes, gt)[0][:, 0]  # [Q]
-            any_hit += float(iou.max()) >= iou_at
             sim = names @ F.normalize(out["region_embed"][0].float(), dim=-1).T  # [classes, Q]
+            text_hit += float(iou[int(sim[y].argmax())]) >= iou_at
+            any_hit += float(iou.max()) >= iou_at
             cls, q = divmod(int(sim.argmax()), sim.shape[1])
             winner_on += float(iou[q]) >= iou_at
             winner_ok += cls == y

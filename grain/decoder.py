@@ -235,8 +235,7 @@ class RegionDecoder(nn.Module):
         patches = memory[:, 1:]
         g = self.grid
         if self.proposal_head == "conv":
-            b, p, d = patches.shape
-            patches = patches.transpose(1, 2).reshape(b, d, g, g)
+            patches = patches.transpose(1, 2).reshape(patches.shape[0], -1, g, g)  # [B, d, g, g]
         logits = self.proposal_score(patches).squeeze(-1)  # [B, P]
         box_logits = self.anchor_logits.to(memory.dtype) + self.proposal_box(patches)
         with torch.no_grad():

@@ -17,6 +17,17 @@ def _decoder(**kw) -> RegionDecoder:
                          dropout=0.0, grid=4, region_queries="two_stage", **kw)
 
 
+def _batch(b: int, boxes: list[list[float]], images: list[int]) -> dict:
+    """A random training batch of b 64-px images and captions, with these target boxes (one description each)."""
+    caps = torch.randint(1, 300, (b, 8))
+    caps[:, -1] = 49407  # EOT
+    desc = torch.randint(1, 300, (len(boxes), 6))
+    desc[:, -1] = 49407
+    return {"images": torch.randn(b, 3, 64, 64), "captions": caps, "target_desc_tokens": desc,
+            "target_boxes": torch.tensor(boxes), "target_image": torch.tensor(images),
+            "target_text_id": torch.arange(len(boxes))}
+
+
 def test_queries_start_at_the_score_maps_peaks_and_refine_their_proposals():
     """The score map's Q best local maxima are selected (a cell next to a higher one is not), the region
     queries start from those cells' memory tokens, and the boxes are the selected proposals refined by
@@ -59,14 +70,7 @@ def test_default_model_is_unchanged_and_two_stage_trains_every_parameter():
         ModelConfig.preset("tiny", region_queries="two_stage", num_region_queries=65)
     torch.manual_seed(0)
     m = build_model(ModelConfig.preset("tiny", region_queries="two_stage"))
-    b = 3
-    caps = torch.randint(1, 300, (b, 8))
-    caps[:, -1] = 49407
-    desc = torch.randint(1, 300, (2, 6))
-    desc[:, -1] = 49407
-    batch = {"images": torch.randn(b, 3, 64, 64), "captions": caps, "target_desc_tokens": desc,
-             "target_boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.7, 0.6, 0.3, 0.3]]),
-             "target_image": torch.tensor([0, 2]), "target_text_id": torch.tensor([0, 1])}
+    batch = _batch(3, [[0.3, 0.3, 0.2, 0.2], [0.7, 0.6, 0.3, 0.3]], [0, 2])
     losses = GrainLoss(LossConfig(lambda_proposal=2.0))(m(batch), batch)
     assert {"loss_prop_cls", "loss_prop_l1", "loss_prop_giou"} <= set(losses)
     rest = losses["loss_ic"] + 1.5 * (losses["loss_l1"] + losses["loss_giou"]) + losses["loss_rd"]
@@ -132,13 +136,6 @@ def test_conv_proposal_heads_read_the_three_by_three_neighbourhood():
         ModelConfig.preset("tiny", region_queries="two_stage", proposal_head="deep")
     m = build_model(ModelConfig.preset("tiny", region_queries="two_stage", proposal_head="conv"))
     assert "decoder.proposal_score.layers.0.weight" in m.state_dict()
-    b = 2
-    caps = torch.randint(1, 300, (b, 8))
-    caps[:, -1] = 49407
-    desc = torch.randint(1, 300, (1, 6))
-    desc[:, -1] = 49407
-    batch = {"images": torch.randn(b, 3, 64, 64), "captions": caps, "target_desc_tokens": desc,
-             "target_boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2]]), "target_image": torch.tensor([1]),
-             "target_text_id": torch.tensor([0])}
+    batch = _batch(2, [[0.3, 0.3, 0.2, 0.2]], [1])
     GrainLoss(LossConfig())(m(batch), batch)["loss"].backward()
     assert [n for n, q in m.named_parameters() if q.requires_grad and q.grad is None] == []
