@@ -149,14 +149,17 @@ def _present(typed: dict, raw: dict) -> dict:
             for k, v in raw.items()}
 
 
-def load_bench_config(path: str | os.PathLike, sets: list[str] | None = None) -> dict:
-    """The bench YAML with ``--set section.key=value`` overrides applied, validated; a dict of sections
-    (the keys given, typed) plus ``_path``. Errors name the key, the value and the file or flag."""
+def load_bench_config(path: str | os.PathLike, sets: list[str] | None = None, schema: type = None,
+                      checks=None) -> dict:
+    """The bench YAML with ``--set section.key=value`` overrides applied, validated against ``schema``
+    (default ``BenchConfig`` with ``bench_checks``; its ``train`` section by the trainer's own rules); a dict
+    of sections (the keys given, typed) plus ``_path``. Errors name the key, the value and the file or flag."""
+    schema, checks = (BenchConfig, bench_checks) if schema is None else (schema, checks)
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"bench config not found: {p}")
     layers = [Layer.from_file(p), *Layer.from_sets(sets)]
-    cfg = load(BenchConfig, layers, bench_checks)
+    cfg = load(schema, layers, checks)
     train_layers = [Layer(layer.data["train"], layer.source) for layer in layers if isinstance(layer.data.get("train"), dict)]
     for layer in train_layers:
         refuse_test_hooks({k: layer.data.get(k) for k in TEST_HOOK_KEYS}, layer.source)
@@ -166,7 +169,7 @@ def load_bench_config(path: str | os.PathLike, sets: list[str] | None = None) ->
         raw = merge(raw, layer.data)
     out = _present(dataclasses.asdict(cfg), raw)
     out["train"] = raw.get("train", {})
-    for s in ("bench", "classes", "corpus", "eval", "train"):
+    for s in schema.__dataclass_fields__:
         out.setdefault(s, {})
     out["_path"] = str(p)
     return out

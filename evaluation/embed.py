@@ -47,14 +47,12 @@ def embed_to_file(checkpoint: str, output: str, images: list[str] | None = None,
     if images:
         ids = _image_paths(images)
         refs = [ImageRef(where=p, path=p) for p in ids]
+        enc = encode_images(model, refs, batch_size, desc="embed")
         if regions:
-            enc, boxes = _encode_with_boxes(model, refs, batch_size)
             if enc["region_embed"] is None:
                 raise ValueError(f"{checkpoint}: a CLIP-baseline checkpoint has no region embeddings")
             extra["region_embedding"] = F.normalize(enc["region_embed"], dim=-1).numpy().tolist()
-            extra["region_boxes"] = boxes.numpy().tolist()
-        else:
-            enc = encode_images(model, refs, batch_size, desc="embed")
+            extra["region_boxes"] = enc["region_boxes"].numpy().tolist()
         emb = enc["image_embed"]
     else:
         if texts_file:
@@ -78,25 +76,6 @@ def embed_to_file(checkpoint: str, output: str, images: list[str] | None = None,
             cols[k] = pa.array(v, pa.list_(pa.list_(pa.float32())))
         pq.write_table(pa.table(cols), output)
     return len(ids)
-
-
-@torch.no_grad()
-def _encode_with_boxes(model, refs, batch_size: int):
-    from grain import box_ops
-    from grain.data import preprocess_image
-
-    from evaluation.evalsets import decode_ref
-
-    img, reg, boxes = [], [], []
-    for i in range(0, len(refs), batch_size):
-        x = torch.stack([preprocess_image(decode_ref(r), model.cfg.image_size) for r in refs[i:i + batch_size]])
-        out = model.encode_image(x)
-        img.append(out["image_embed"])
-        if out.get("region_embed") is not None:
-            reg.append(out["region_embed"])
-            boxes.append(box_ops.box_cxcywh_to_xyxy(out["pred_boxes"]).clamp(0, 1))
-    enc = {"image_embed": torch.cat(img), "region_embed": torch.cat(reg) if reg else None}
-    return enc, (torch.cat(boxes) if boxes else None)
 
 
 @torch.no_grad()

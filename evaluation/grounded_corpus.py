@@ -311,15 +311,37 @@ def build_corpus(out_dir: str, spec: CorpusSpec, emoji: list[ObjectSpec], stamps
     Skips the work when ``out_dir/corpus.json`` records the same spec and object lists. Returns that
     manifest (spec, digest, counts, per-class object counts).
     """
+    if not emoji:
+        raise ValueError("build_corpus: no emoji objects to draw from")
+    counts: dict[str, int] = {}
+
+    def rows():
+        rng = random.Random(spec.seed)
+        photos = load_backgrounds()
+        for i in range(spec.images):
+            objs = draw_objects(rng, spec, emoji, stamps)
+            for o in objs:
+                counts[o.name] = counts.get(o.name, 0) + 1
+            yield corpus_row(i, objs, spec, rng, photos)
+
+    return write_shards(out_dir, spec_digest(FORMAT_VERSION, spec, emoji, stamps), rows(), spec.images, spec.shard_size,
+                        spec.row_group_size, {"spec": asdict(spec), "emoji_objects": len(emoji),
+                                              "tuxpaint_objects": len(stamps), "object_counts": counts},
+                        desc="grounded corpus", progress=progress)
+
+
+def write_shards(out_dir: str, digest: str, rows, n: int, shard_size: int, row_group_size: int, manifest: dict,
+                 desc: str = "corpus", progress: bool = True) -> dict:
+    """Write the ``n`` schema rows of the iterable ``rows`` as validated shards ``train-NNNNN.parquet`` of
+    ``shard_size`` rows (each written to a temporary name, then renamed), then ``corpus.json`` = ``manifest``
+    + digest + files. When ``corpus.json`` already records ``digest``, nothing is drawn (``rows`` is not
+    iterated) and that manifest is returned."""
     from tqdm import tqdm
 
     import pyarrow.parquet as pq
 
     from grain.schema import SCHEMA, to_table, validate_table
 
-    if not emoji:
-        raise ValueError("build_corpus: no emoji objects to draw from")
-    digest = spec_digest(FORMAT_VERSION, spec, emoji, stamps)
     manifest_path = os.path.join(out_dir, "corpus.json")
     if os.path.exists(manifest_path):
         with open(manifest_path, encoding="utf-8") as f:
@@ -330,31 +352,25 @@ def build_corpus(out_dir: str, spec: CorpusSpec, emoji: list[ObjectSpec], stamps
     for f in os.listdir(out_dir):
         if f.endswith(".parquet"):
             os.remove(os.path.join(out_dir, f))
-    rng = random.Random(spec.seed)
-    photos = load_backgrounds()
-    counts: dict[str, int] = {}
-    rows, files = [], []
-    for i in tqdm(range(spec.images), desc="grounded corpus", unit="img", disable=not progress):
-        objs = draw_objects(rng, spec, emoji, stamps)
-        for o in objs:
-            counts[o.name] = counts.get(o.name, 0) + 1
-        rows.append(corpus_row(i, objs, spec, rng, photos))
-        if len(rows) == spec.shard_size or i == spec.images - 1:
-            table = to_table(rows)
-            validate_table(table, where=f"grounded corpus shard {len(files)}")
+    batch, files = [], []
+    for i, row in enumerate(tqdm(rows, total=n, desc=desc, unit="img", disable=not progress)):
+        batch.append(row)
+        if len(batch) == shard_size or i == n - 1:
+            table = to_table(batch)
+            validate_table(table, where=f"{desc} shard {len(files)}")
             path = os.path.join(out_dir, f"train-{len(files):05d}.parquet")
             tmp = f"{path}.tmp-{os.getpid()}"
-            pq.write_table(table.replace_schema_metadata(SCHEMA.metadata), tmp, row_group_size=spec.row_group_size)
+            pq.write_table(table.replace_schema_metadata(SCHEMA.metadata), tmp, row_group_size=row_group_size)
             os.replace(tmp, path)
             files.append(os.path.basename(path))
-            rows = []
-    manifest = {"digest": digest, "spec": asdict(spec), "files": files, "emoji_objects": len(emoji),
-                "tuxpaint_objects": len(stamps), "object_counts": counts}
+            batch = []
+    out = {"digest": digest, **{k: asdict(v) if hasattr(v, "__dataclass_fields__") else v for k, v in manifest.items()},
+           "files": files}
     with open(manifest_path, "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=1)
-    return manifest
+        json.dump(out, f, indent=1)
+    return out
 
 
 __all__ = ["CorpusSpec", "ObjectSpec", "build_corpus", "caption_for", "compose",
            "class_split", "corpus_row", "draw_objects", "emoji_objects", "load_backgrounds", "load_sprite",
-           "make_canvas", "tuxpaint_objects"]
+           "make_canvas", "tuxpaint_objects", "write_shards"]

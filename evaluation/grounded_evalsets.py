@@ -30,7 +30,7 @@ def build_eval_folder(out_dir: str, objects: list[ObjectSpec], descriptors: dict
     def draw(o: ObjectSpec, rng: random.Random, img: Image.Image) -> list[float]:
         return compose([o], rng, img, min_scale, max_scale)[0]
 
-    return _build_folder(out_dir, digest, objects, descriptors, per_class, seed, canvas, photo_prob, draw, {})
+    return build_image_folder(out_dir, digest, objects, descriptors, per_class, seed, canvas, photo_prob, draw, {})
 
 
 def build_clutter_folder(out_dir: str, targets: list[ObjectSpec], distractors: list[ObjectSpec],
@@ -52,15 +52,16 @@ def build_clutter_folder(out_dir: str, targets: list[ObjectSpec], distractors: l
         # The target last: placed where it overlaps the distractors least (compose's rule), never occluded.
         return _compose_after(o, boxes, rng, img, target_scale)[0]
 
-    return _build_folder(out_dir, digest, targets, descriptors, per_class, seed, canvas, photo_prob, draw,
+    return build_image_folder(out_dir, digest, targets, descriptors, per_class, seed, canvas, photo_prob, draw,
                          {"kind": "clutter"})
 
 
-def _build_folder(out_dir: str, digest: str, objects: list[ObjectSpec], descriptors: dict[str, list[str]],
+def build_image_folder(out_dir: str, digest: str, objects: list[ObjectSpec], descriptors: dict[str, list[str]],
                   per_class: int, seed: int, canvas: int, photo_prob: float, draw, meta: dict) -> str:
-    """The shared part of both builders: unless ``.bench-set.json`` holds ``digest``, draw ``per_class``
-    canvases per object (``draw(obj, rng, canvas) → the object's box``) into a temporary folder with
-    classes.json, descriptors.json and the marker (``meta`` + every image's target box), then swap it in."""
+    """The shared part of every builder: unless ``.bench-set.json`` holds ``digest``, draw ``per_class``
+    canvases per object (``draw(obj, rng, canvas) → the object's box``, or ``(box, info)`` with a JSON-able
+    ``info`` per image) into a temporary folder with classes.json, descriptors.json and the marker (``meta``
+    + every image's target box, + ``image_info`` when ``draw`` gives it), then swap it in."""
     import shutil
 
     marker = os.path.join(out_dir, ".bench-set.json")
@@ -73,16 +74,19 @@ def _build_folder(out_dir: str, digest: str, objects: list[ObjectSpec], descript
     os.makedirs(tmp)
     rng = random.Random(seed)
     photos = load_backgrounds()
-    classes, target_boxes = {}, {}
+    classes, target_boxes, image_info = {}, {}, {}
     for o in objects:
         folder = re.sub(r"[^a-z0-9]+", "_", f"{o.label}_{o.name}".lower()).strip("_")[:100]
         os.makedirs(os.path.join(tmp, folder))
         classes[folder] = o.name
         for k in range(per_class):
             img = make_canvas(rng, canvas, photos, photo_prob)
-            box = draw(o, rng, img)
+            drawn = draw(o, rng, img)
+            box, info = drawn if isinstance(drawn, tuple) else (drawn, None)
             img.save(os.path.join(tmp, folder, f"{k}.jpg"), quality=JPEG_QUALITY)
             target_boxes[f"{folder}/{k}.jpg"] = [round(v, 4) for v in box]
+            if info is not None:
+                image_info[f"{folder}/{k}.jpg"] = info
     classes = dict(sorted(classes.items()))  # label order = sorted folder order (evaluation.evalsets)
     with open(os.path.join(tmp, "classes.json"), "w", encoding="utf-8") as f:
         json.dump(classes, f, indent=1, ensure_ascii=False)
@@ -90,10 +94,26 @@ def _build_folder(out_dir: str, digest: str, objects: list[ObjectSpec], descript
         json.dump({n: descriptors[n] for n in classes.values()}, f, indent=1, ensure_ascii=False)
     with open(os.path.join(tmp, ".bench-set.json"), "w", encoding="utf-8") as f:
         json.dump({"digest": digest, "classes": len(classes), "per_class": per_class, **meta,
-                   "target_boxes": target_boxes}, f)
+                   "target_boxes": target_boxes, **({"image_info": image_info} if image_info else {})}, f)
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
     return out_dir
+
+
+def least_overlap_position(w: int, h: int, size: int, placed: list[list[float]], rng: random.Random,
+                           tries: int = 30) -> tuple[int, int, list[float]]:
+    """Top-left pixel (x, y) and normalised xyxy box of a w×h sprite on a size×size canvas: of up to ``tries``
+    uniform draws, the one whose largest IoU with the ``placed`` boxes is smallest (the first with none)."""
+    best = None
+    for _ in range(tries):
+        x, y = rng.randint(0, size - w), rng.randint(0, size - h)
+        box = [x / size, y / size, (x + w) / size, (y + h) / size]
+        worst = max((iou(box, b) for b in placed), default=0.0)
+        if best is None or worst < best[0]:
+            best = (worst, x, y, box)
+        if worst == 0.0:
+            break
+    return best[1], best[2], best[3]
 
 
 def _compose_after(obj: ObjectSpec, placed: list[list[float]], rng: random.Random, canvas: Image.Image,
@@ -104,19 +124,10 @@ def _compose_after(obj: ObjectSpec, placed: list[list[float]], rng: random.Rando
     longer = max(2, round(rng.uniform(*scale) * size))
     f = longer / max(sprite.size)
     w, h = max(1, round(sprite.width * f)), max(1, round(sprite.height * f))
-    best = None
-    for _ in range(tries):
-        x, y = rng.randint(0, size - w), rng.randint(0, size - h)
-        box = [x / size, y / size, (x + w) / size, (y + h) / size]
-        worst = max((iou(box, b) for b in placed), default=0.0)
-        if best is None or worst < best[0]:
-            best = (worst, x, y, box)
-        if worst == 0.0:
-            break
-    _, x, y, box = best
+    x, y, box = least_overlap_position(w, h, size, placed, rng, tries)
     scaled = sprite.resize((w, h), Image.Resampling.LANCZOS)
     canvas.paste(scaled, (x, y), mask=scaled.getchannel("A"))
     return [box]
 
 
-__all__ = ["build_clutter_folder", "build_eval_folder"]
+__all__ = ["build_clutter_folder", "build_eval_folder", "build_image_folder", "least_overlap_position"]

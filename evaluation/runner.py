@@ -44,18 +44,22 @@ def _resolve_dataset(ref: str, build_missing: bool) -> str:
 
 @torch.no_grad()
 def encode_images(model, refs, batch_size: int, device: str = "cpu", desc: str = "images", progress: bool = True) -> dict:
-    """ImageRefs → ``{"image_embed" [N, D], "region_embed" [N, Q, D] | None}`` (unnormalised)."""
+    """ImageRefs → ``{"image_embed" [N, D], "region_embed" [N, Q, D] | None, "region_boxes" [N, Q, 4] | None}``
+    (embeddings unnormalised; boxes normalised xyxy in [0, 1] of the decoded image)."""
+    from grain import box_ops
     from grain.data import preprocess_image
 
     size = model.cfg.image_size
-    img, reg = [], []
+    img, reg, boxes = [], [], []
     for i in tqdm(range(0, len(refs), batch_size), desc=desc, leave=False, disable=not progress or len(refs) <= batch_size):
         x = torch.stack([preprocess_image(decode_ref(r), size) for r in refs[i:i + batch_size]]).to(device)
         out = model.encode_image(x)
         img.append(out["image_embed"].float().cpu())
         if out.get("region_embed") is not None:
             reg.append(out["region_embed"].float().cpu())
-    return {"image_embed": torch.cat(img), "region_embed": torch.cat(reg) if reg else None}
+            boxes.append(box_ops.box_cxcywh_to_xyxy(out["pred_boxes"].float().cpu()).clamp(0, 1))
+    return {"image_embed": torch.cat(img), "region_embed": torch.cat(reg) if reg else None,
+            "region_boxes": torch.cat(boxes) if boxes else None}
 
 
 @torch.no_grad()

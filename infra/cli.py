@@ -12,6 +12,7 @@ beside the commands that run the project (stack, demo), not in the pure library 
     grain demo-corpus ...          build the demo corpus as img2dataset-style shards
     grain stack up|down|status     the local Prefect + Ray stack
     grain bench grounding          the GRAIN-vs-CLIP miniature benchmark
+    grain bench novel-concepts     novel classes recognised by their descriptions only
     grain config show STAGE        every run-config key of annotate|train|eval|bench: type, default, meaning
     grain demo                     set up nothing, run the demo pipeline on the local stack
 """
@@ -33,7 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("evaluation.datasets:main", "install/build the local evaluation sets"),
     "demo-corpus": ("infra.demo_corpus:main", "build the demo corpus (img2dataset layout)"),
     "stack": ("infra.stack:main", "start/stop/inspect the local Prefect + Ray stack"),
-    "bench": ("benchmarks.bench_grounding:main", "benchmarks: `grain bench grounding`"),
+    "bench": ("benchmarks.cli:main", "benchmarks: `grain bench grounding|novel-concepts`"),
     "config": ("infra.config_cmd:main", "`grain config show STAGE`: every run-config key, its type, default, meaning"),
     "demo": ("infra.demo:main", "run the demo pipeline through the local stack"),
 }
