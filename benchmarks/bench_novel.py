@@ -184,7 +184,7 @@ def finish(runs: dict, cfg: dict, out: str, command: str, prep: dict, t0: float)
 
 SPEC = BenchSpec(name="novel-concepts", module="benchmarks.bench_novel", doc=__doc__, default_config=DEFAULT_CONFIG,
                  smoke_config=SMOKE_CONFIG, load=load_novel_config, prepare=prepare, describe=_describe, finish=finish,
-                 after_run=_after_run)
+                 after_run=_after_run, job_unit="run")
 
 
 def main(argv: list[str] | None = None) -> int:

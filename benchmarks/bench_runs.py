@@ -42,6 +42,9 @@ class BenchSpec:
     describe: Callable  # preparation record → one line for the log
     finish: Callable  # (runs, cfg, out, command, prep, t0) → None: writes the summary
     after_run: Callable | None = None  # (run, cfg, prep, arm, seed, run_dir, progress) → run, e.g. diagnostics
+    # What one ``--jobs`` process runs: "arm" (an arm's seeds in turn; logs/<arm>.log) or "run" (one (arm, seed);
+    # logs/<arm>-seed<s>.log), GRAIN runs first: the longest first keeps both cores busy to the end.
+    job_unit: str = "arm"
 
 
 def prepared(out: str, digest: str, build: Callable[[], dict]) -> dict:
@@ -144,25 +147,31 @@ def _parser(spec: BenchSpec) -> argparse.ArgumentParser:
     p.add_argument("--prepare-only", action="store_true", help="build the corpus and evaluation sets, train nothing")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--jobs", type=int, default=1, metavar="N",
-                   help="run the arms as N processes at once (default 1: in turn, in this process). With "
-                        "torch_threads 1, --jobs 2 uses both cores of a 2-core machine; each arm's log goes to "
-                        "OUTPUT/logs/<arm>.log, then this process writes the summary")
+                   help="run the benchmark as N processes at once (default 1: in turn, in this process), one per "
+                        + ("arm (log: OUTPUT/logs/<arm>.log)" if spec.job_unit == "arm" else
+                           "(arm, seed), GRAIN first (log: OUTPUT/logs/<arm>-seed<s>.log)")
+                        + ". With torch_threads 1, --jobs 2 uses both cores of a 2-core machine; then this process "
+                          "writes the summary")
     return p
 
 
 def run_arms_in_parallel(spec: BenchSpec, args, cfg: dict, out: str, arms: list[str], seeds: list[int]) -> int:
-    """``--jobs N``: one `grain bench NAME --arms ARM` process per arm, N at a time, on the same (already
-    prepared) output folder; returns the first non-zero exit status (0 when all succeeded)."""
+    """``--jobs N``: one `grain bench NAME --arms ARM --seeds ...` process per job (``spec.job_unit``), N at a
+    time, on the same (already prepared) output folder; returns the first non-zero exit status (0: all succeeded)."""
     logs = os.path.join(out, "logs")
     os.makedirs(logs, exist_ok=True)
 
     def _stop(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
-    pending, running = list(arms), []
+    if spec.job_unit == "run":
+        pending = [(a, [s], f"{a}-seed{s}") for a in sorted(arms, key=lambda a: a != "grain") for s in seeds]
+    else:
+        pending = [(a, list(seeds), a) for a in arms]
+    running: list = []
     previous = signal.signal(signal.SIGTERM, _stop)  # a terminated parent stops its arms too
     try:
-        status = _supervise(spec, args, cfg, out, seeds, logs, pending, running)
+        status = _supervise(spec, args, cfg, out, logs, pending, running)
     finally:  # interrupted (Ctrl-C, SIGTERM) or failed: no arm keeps training on its own
         signal.signal(signal.SIGTERM, previous)
         for _, _, fh, proc in running:
@@ -172,32 +181,33 @@ def run_arms_in_parallel(spec: BenchSpec, args, cfg: dict, out: str, arms: list[
     return status
 
 
-def _supervise(spec: BenchSpec, args, cfg, out, seeds, logs, pending, running) -> int:
-    """Start arms from ``pending`` while fewer than ``args.jobs`` run; move finished ones out of ``running``."""
+def _supervise(spec: BenchSpec, args, cfg, out, logs, pending, running) -> int:
+    """Start jobs ``(arm, seeds, name)`` from ``pending`` while fewer than ``args.jobs`` run; move finished ones
+    out of ``running``."""
     status = 0
     while pending or running:
         while pending and len(running) < args.jobs:
-            arm = pending.pop(0)
+            arm, seeds, name = pending.pop(0)
             cmd = [sys.executable, "-m", spec.module, "--config", cfg["_path"], "--output", out,
                    "--arms", arm, "--seeds", *map(str, seeds), "--quiet"]
             for kv in args.sets:
                 cmd += ["--set", kv]
-            log = os.path.join(logs, f"{arm}.log")
-            print(f"[bench] {arm}: started as its own process, log {log}", flush=True)
+            log = os.path.join(logs, f"{name}.log")
+            print(f"[bench] {name}: started as its own process, log {log}", flush=True)
             fh = open(log, "w", encoding="utf-8")
-            running.append((arm, log, fh, subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)))
+            running.append((name, log, fh, subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)))
         time.sleep(1.0)
         for item in list(running):
-            arm, log, fh, proc = item
+            name, log, fh, proc = item
             if proc.poll() is not None:
                 fh.close()
                 running.remove(item)
                 if proc.returncode:
-                    print(f"grain bench {spec.name}: the {arm} arm failed (exit {proc.returncode}); see {log}",
+                    print(f"grain bench {spec.name}: the {name} job failed (exit {proc.returncode}); see {log}",
                           file=sys.stderr, flush=True)
                     status = status or proc.returncode
                 else:
-                    print(f"[bench] {arm}: done ({log})", flush=True)
+                    print(f"[bench] {name}: done ({log})", flush=True)
     return status
 
 
@@ -232,7 +242,7 @@ def bench_main(spec: BenchSpec, argv: list[str]) -> int:
     print(f"[bench] {spec.describe(prep)} ({time.time() - t0:.0f} s)", flush=True)
     if args.prepare_only:
         return 0
-    if args.jobs > 1 and len(arms) > 1:
+    if args.jobs > 1 and (len(arms) > 1 or (spec.job_unit == "run" and len(seeds) > 1)):
         try:
             status = run_arms_in_parallel(spec, args, cfg, out, arms, seeds)
         except KeyboardInterrupt:

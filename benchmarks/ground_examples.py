@@ -26,6 +26,18 @@ def _dashed_box(draw, box, size, color=(255, 255, 255), dash=6):
             t += 2 * dash
 
 
+def strip(tiles: list, gap: int = 8):
+    """The tiles side by side on white, ``gap`` px apart."""
+    from PIL import Image
+
+    out = Image.new("RGB", (sum(t.width for t in tiles) + gap * (len(tiles) - 1), max(t.height for t in tiles)), "white")
+    x = 0
+    for t in tiles:
+        out.paste(t, (x, 0))
+        x += t.width + gap
+    return out
+
+
 def hit_rates(checkpoint: str, root: str, iou_at: float = 0.5) -> dict:
     """Over every image of a clutter set (true target boxes from ``.bench-set.json``): the fraction whose
     class name, grounded as ``evaluation.embed.ground`` (`grain ground`) does it — the region most similar to
@@ -103,13 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         g = found[0]
         print(f"{classes[folder]!r}: query {g['query']}, cosine {g['score']:.3f}, box {[round(c, 3) for c in g['box_xyxy']]}, "
               f"true box {truth.get(f'{folder}/0.jpg')} → {out}")
-    strip = Image.new("RGB", (sum(t.width for t in tiles) + 8 * (len(tiles) - 1), max(t.height for t in tiles)), "white")
-    x = 0
-    for t in tiles:
-        strip.paste(t, (x, 0))
-        x += t.width + 8
     path = os.path.join(args.output, f"ground-{args.set}.png")
-    strip.save(path)
+    strip(tiles).save(path)
     print(f"wrote {path}")
     if args.score:
         r = hit_rates(ckpt, root)

@@ -32,10 +32,10 @@ class ConceptsSection:
     dev: int = 12  # never-trained classes for validation (recipe choices), disjoint from novel
     novel_seen_swaps: int = 6  # novel classes = a seen class with two parts' colours swapped
     novel_binding_pairs: int = 4  # pairs of novel classes that differ only by such a swap
-    dev_seen_swaps: int = 2  # the same for dev
-    dev_binding_pairs: int = 2
+    dev_seen_swaps: int = 2  # dev classes = a seen class with two parts' colours swapped
+    dev_binding_pairs: int = 2  # pairs of dev classes that differ only by such a swap
     min_parts: int = 3  # parts per class, at least (head and body always)
-    max_parts: int = 5  # ... at most
+    max_parts: int = 5  # parts per class, at most
     seed: int = 11  # the grammar's seed (classes and names)
     tuxpaint_limit: int | None = None  # at most this many Tux Paint cut-outs as distractors; None = all
 
@@ -63,7 +63,7 @@ class NovelEvalSection:
     seed: int = 99  # placement seed of the evaluation canvases
     canvas: int | None = None  # canvas side in px; None = corpus.canvas
     single_scale: list[float] = field(default_factory=lambda: [0.55, 0.85])  # creature's longer side / canvas side
-    clutter_scale: list[float] = field(default_factory=lambda: [0.32, 0.42])  # ... in a -clutter set
+    clutter_scale: list[float] = field(default_factory=lambda: [0.32, 0.42])  # creature's longer side in a -clutter set
     clutter_distractors: list[int] = field(default_factory=lambda: [2, 3])  # [min, max] cut-outs in a -clutter set
     distractor_scale: list[float] = field(default_factory=lambda: [0.3, 0.45])  # cut-out's longer side / canvas side
     photo_background_prob: float | None = None  # None = corpus.photo_background_prob
@@ -74,7 +74,6 @@ class NovelEvalSection:
     device: str = "cpu"  # torch device of the evaluation
     localisation_canvases: int = 512  # training-like canvases never trained on (another seed); 0: not measured
     localisation_seed: int = 4321  # their drawing seed
-    grounded_max_ratio: float = 0.85  # above this mean ratio, GRAIN − CLIP rows are marked "not grounded"
     goals: GoalsSection = field(default_factory=GoalsSection)
 
 

@@ -1,6 +1,6 @@
 """Why a novel class is or is not recognised: diagnostics of one `grain bench novel-concepts` checkpoint.
 
-Per evaluation set of never-trained classes (``novel-*``, ``dev-*``), from the same image encodings and
+Per single-object evaluation set of never-trained classes (``novel-*``, ``dev-*``), from the same image encodings and
 class vectors as the zero-shot scores (grain.zeroshot):
 
 - ``binding_within_<variant>``: over the images of classes whose binding sibling (the same words, two parts'
@@ -87,7 +87,8 @@ def _binding(scores: dict, labels: torch.Tensor, label_names: list[str], sibling
     if not rows:
         return {}
     i, t, s = (torch.tensor(x) for x in zip(*rows))
-    return {f"{prefix}_{v}": float((sc[i, t] > sc[i, s]).float().mean()) for v, sc in scores.items()} | {f"{prefix}_images": len(rows)}
+    return {f"{prefix}_{v}": float((sc[i, t] > sc[i, s]).float().mean()) for v, sc in scores.items()
+            if v != "names"} | {f"{prefix}_images": len(rows)}
 
 
 def _matched_region(boxes: torch.Tensor, part_box: list[float]) -> tuple[int, float]:
@@ -178,7 +179,8 @@ def diagnose_set(model, root: str, concepts: list[Concept], split: str, template
 
 
 def run_diagnostics(run: dict, cfg: dict, prep: dict, run_dir: str) -> dict:
-    """``run["diagnostics"]`` = {set: diagnostics} for the never-trained sets (cached in eval/diagnostics.json)."""
+    """``run["diagnostics"]`` = {set: diagnostics} for the never-trained single-object sets (cached in
+    eval/diagnostics.json; clutter sets are left out: their parts are a few pixels wide, and the cost would double)."""
     path = os.path.join(run_dir, "eval", "diagnostics.json")
     if not os.path.exists(path):
         from evaluation.runner import load_model
@@ -193,7 +195,7 @@ def run_diagnostics(run: dict, cfg: dict, prep: dict, run_dir: str) -> dict:
         res = {s: diagnose_set(model, prep["eval_sets"][s], concepts, parse_novel_set(s)[0], templates,
                                [float(a) for a in e.get("alphas", [1.0, 0.5, 0.0])], e.get("primary_variant", "descriptors"),
                                int(e.get("batch_size", 64)))
-               for s in e["sets"] if parse_novel_set(s)[0] != "seen"}
+               for s in e["sets"] if parse_novel_set(s)[0] != "seen" and not parse_novel_set(s)[2]}
         with open(path, "w", encoding="utf-8") as f:
             json.dump(res, f, indent=1)
     with open(path, encoding="utf-8") as f:

@@ -4,7 +4,7 @@
                [--alpha 1 0.75 0.5 0.25 0] [--batch-size 64] [--limit N] [--train-manifest M]
     grain eval --compare run1/results.json run2/results.json --output DIR [--labels GRAIN CLIP]
     grain embed --checkpoint CKPT (--images PATH ... | --texts-file FILE | --text "..." ...) --output out.npy|out.parquet
-    grain ground IMAGE --text "a red square" [--text ...] --checkpoint CKPT --output out.png
+    grain ground IMAGE --text "a red square" [--text ...] --checkpoint CKPT --output out.png [--per-region]
 """
 
 from __future__ import annotations
@@ -90,11 +90,13 @@ def ground_main(argv: list[str] | None = None) -> int:
     p.add_argument("--text", action="append", required=True, help="a description to ground (repeatable)")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--output", required=True, help="PNG to write (a .json with the boxes is written beside it)")
+    p.add_argument("--per-region", action="store_true",
+                   help="draw every region box with the text it matches best, instead of each text's best region")
     args = p.parse_args(argv)
     try:
         from evaluation.embed import ground_to_png
 
-        found = ground_to_png(args.checkpoint, args.image, args.text, args.output)
+        found = ground_to_png(args.checkpoint, args.image, args.text, args.output, per_region=args.per_region)
     except (ValueError, FileNotFoundError) as e:
         print(f"grain ground: {e}", file=sys.stderr)
         return 2

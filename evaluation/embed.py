@@ -79,13 +79,8 @@ def embed_to_file(checkpoint: str, output: str, images: list[str] | None = None,
 
 
 @torch.no_grad()
-def ground(model, image, texts: list[str]) -> list[dict]:
-    """For each text, the region query with the highest cosine similarity to it.
-
-    image: RGB PIL image (decoded frame). Returns per text ``{"text", "query", "score",
-    "box_xyxy"}`` with the box normalised xyxy in [0, 1] of that image (the squash-resize keeps
-    normalised coordinates, so no other mapping is needed).
-    """
+def _region_text_similarity(model, image, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cosine similarity [Q, T] of every region query to every text, region boxes [Q, 4] normalised xyxy)."""
     from grain import box_ops
     from grain.data import preprocess_image
 
@@ -98,11 +93,30 @@ def ground(model, image, texts: list[str]) -> list[dict]:
         raise ValueError("this checkpoint has no region decoder (CLIP baseline): nothing to ground")
     reg = F.normalize(out["region_embed"][0].float(), dim=-1)  # [Q, D]
     txt = F.normalize(encode_texts(model, texts, context_length=model.cfg.desc_context_length), dim=-1)  # [T, D]
-    sim = txt @ reg.T  # [T, Q]
-    best = sim.argmax(dim=1)
     boxes = box_ops.box_cxcywh_to_xyxy(out["pred_boxes"][0].float()).clamp(0, 1)  # [Q, 4]
-    return [{"text": t, "query": int(q), "score": float(sim[i, q]), "box_xyxy": [float(c) for c in boxes[q]]}
+    return reg @ txt.T, boxes
+
+
+def ground(model, image, texts: list[str]) -> list[dict]:
+    """For each text, the region query with the highest cosine similarity to it.
+
+    image: RGB PIL image (decoded frame). Returns per text ``{"text", "query", "score",
+    "box_xyxy"}`` with the box normalised xyxy in [0, 1] of that image (the squash-resize keeps
+    normalised coordinates, so no other mapping is needed).
+    """
+    sim, boxes = _region_text_similarity(model, image, texts)
+    best = sim.argmax(dim=0)
+    return [{"text": t, "query": int(q), "score": float(sim[q, i]), "box_xyxy": [float(c) for c in boxes[q]]}
             for i, (t, q) in enumerate(zip(texts, best.tolist()))]
+
+
+def match_regions(model, image, texts: list[str]) -> list[dict]:
+    """For each region query, the text with the highest cosine similarity to it (``ground`` the other way
+    round). Returns per query ``{"text", "query", "score", "box_xyxy"}``, box as in ``ground``."""
+    sim, boxes = _region_text_similarity(model, image, texts)
+    best = sim.argmax(dim=1)
+    return [{"text": texts[t], "query": q, "score": float(sim[q, t]), "box_xyxy": [float(c) for c in boxes[q]]}
+            for q, t in enumerate(best.tolist())]
 
 
 def draw_boxes(image, found: list[dict]):
@@ -129,8 +143,9 @@ def draw_boxes(image, found: list[dict]):
     return img
 
 
-def ground_to_png(checkpoint: str, image_path: str, texts: list[str], output: str) -> list[dict]:
-    """`grain ground`: draw each text's best region box on the image; write PNG + JSON beside it."""
+def ground_to_png(checkpoint: str, image_path: str, texts: list[str], output: str, per_region: bool = False) -> list[dict]:
+    """`grain ground`: draw each text's best region box on the image (``per_region``: every region box with its
+    best text, ``match_regions``); write PNG + JSON beside it."""
     from evaluation.evalsets import decode_ref
     from evaluation.runner import load_model
 
@@ -138,7 +153,7 @@ def ground_to_png(checkpoint: str, image_path: str, texts: list[str], output: st
         raise FileNotFoundError(f"{image_path}: no such image file")
     model, _, _ = load_model(checkpoint)
     image = decode_ref(ImageRef(where=image_path, path=image_path))
-    found = ground(model, image, texts)
+    found = (match_regions if per_region else ground)(model, image, texts)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     draw_boxes(image, found).save(output, format="PNG")
     with open(os.path.splitext(output)[0] + ".json", "w", encoding="utf-8") as f:

@@ -13,7 +13,7 @@ beside the commands that run the project (stack, demo), not in the pure library 
     grain stack up|down|status     the local Prefect + Ray stack
     grain bench grounding          the GRAIN-vs-CLIP miniature benchmark
     grain bench novel-concepts     novel classes recognised by their descriptions only
-    grain config show STAGE        every run-config key of annotate|train|eval|bench: type, default, meaning
+    grain config show STAGE        every run-config key of annotate|train|eval|bench|bench-novel: type, default, meaning
     grain demo                     set up nothing, run the demo pipeline on the local stack
 """
 

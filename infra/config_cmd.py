@@ -3,7 +3,8 @@
     grain config show annotate      # annotators/config.py: AnnotateConfig
     grain config show train         # trainers/config.py: TrainConfig (+ model.* / loss.*: grain/config.py)
     grain config show eval          # evaluation/config.py: EvalConfig
-    grain config show bench         # benchmarks/bench_config.py: BenchConfig
+    grain config show bench         # benchmarks/bench_config.py: BenchConfig (`grain bench grounding`)
+    grain config show bench-novel   # benchmarks/novel_config.py: NovelBenchConfig (`grain bench novel-concepts`)
     grain config check STAGE FILE [--set KEY=VALUE ...]   # load and validate a run file, print it
 
 Keys are what a run file section, ``--set KEY=VALUE`` and a flow's ``overrides`` take (grain/runconfig.py).
@@ -15,6 +16,9 @@ import argparse
 import dataclasses
 import json
 import sys
+
+
+STAGES = ("annotate", "train", "eval", "bench", "bench-novel")
 
 
 def _stage(name: str):
@@ -41,7 +45,11 @@ def _stage(name: str):
         from benchmarks.bench_config import BenchConfig, load_bench_config
 
         return BenchConfig, [("train.*", "dict", "{}", "TrainConfig keys: `grain config show train`")], load_bench_config
-    raise SystemExit(f"grain config: unknown stage {name!r}; choose annotate, train, eval or bench")
+    if name == "bench-novel":
+        from benchmarks.novel_config import NovelBenchConfig, load_novel_config
+
+        return NovelBenchConfig, [("train.*", "dict", "{}", "TrainConfig keys: `grain config show train`")], load_novel_config
+    raise SystemExit(f"grain config: unknown stage {name!r}; choose one of {', '.join(STAGES)}")
 
 
 def show(name: str) -> str:
@@ -60,9 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="grain config", description="Inspect and check the stages' run configs.")
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("show", help="every key of STAGE with its type, default and meaning")
-    s.add_argument("stage", choices=["annotate", "train", "eval", "bench"])
+    s.add_argument("stage", choices=STAGES)
     c = sub.add_parser("check", help="load and validate a run file (+ --set overrides) for STAGE; print the result")
-    c.add_argument("stage", choices=["annotate", "train", "eval", "bench"])
+    c.add_argument("stage", choices=STAGES)
     c.add_argument("file")
     c.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args(argv)
