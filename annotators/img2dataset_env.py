@@ -8,7 +8,8 @@ so it lives in ``$GRAIN_CACHE/img2dataset-venv`` (created on first use, or by ``
 
 ``download_url_list`` first passes the list through annotators/url_guard.py (http(s) only, no loopback /
 private / link-local / multicast / reserved addresses unless ``allow_private``): img2dataset only sees
-the accepted URLs. It writes webdataset shards in img2dataset's layout (``00000.tar`` + the
+the accepted URLs, and every redirect it follows is checked by the same rules (annotators/fetch_guard.py,
+installed into the environment by ``install_fetch_guard``). It writes webdataset shards in img2dataset's layout (``00000.tar`` + the
 ``00000.parquet`` listing with every URL's ``status``/``error_message`` + ``00000_stats.json``), plus
 ``refused.parquet`` with one row per refused URL (status ``url_refused``, the reason, no image);
 the annotation reader turns the listings' failed rows into ``download_error`` rows.
@@ -41,19 +42,48 @@ def _base_python() -> str:
     return getattr(sys, "_base_executable", None) or sys.executable
 
 
+GUARD_PTH = "grain_fetch_guard.pth"  # run by every interpreter of the environment at start (site.py)
+
+
+def install_fetch_guard(root: str) -> str:
+    """Copy the URL guard and the redirect guard (annotators/fetch_guard.py) into the environment's
+    site-packages and the ``.pth`` that installs the guard in every interpreter there (img2dataset's spawned
+    download workers included); rewritten only when they differ. Returns the site-packages folder."""
+    import glob
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    found = sorted(glob.glob(os.path.join(root, "lib", "python3*", "site-packages")))
+    if not found:
+        raise FileNotFoundError(f"{root}: no lib/python3*/site-packages (not a virtual environment)")
+    site = found[-1]
+    files = {"grain_url_guard.py": open(os.path.join(here, "url_guard.py"), encoding="utf-8").read(),
+             "grain_fetch_guard.py": open(os.path.join(here, "fetch_guard.py"), encoding="utf-8").read(),
+             GUARD_PTH: "import grain_fetch_guard; grain_fetch_guard.install()\n"}
+    for name, text in files.items():
+        path = os.path.join(site, name)
+        if not os.path.exists(path) or open(path, encoding="utf-8").read() != text:
+            with open(path + ".tmp", "w", encoding="utf-8") as fh:
+                fh.write(text)
+            os.replace(path + ".tmp", path)
+    return site
+
+
 def ensure_env(quiet: bool = True) -> str:
-    """Create the environment if needed; return the path of its ``img2dataset`` executable."""
+    """Create the environment if needed, with the redirect guard installed (``install_fetch_guard``); return
+    the path of its ``img2dataset`` executable."""
     root = env_dir()
     exe = os.path.join(root, "bin", "img2dataset")
     stamp = os.path.join(root, ".grain-spec")
     if os.path.exists(exe) and os.path.exists(stamp):
         with open(stamp) as fh:
             if fh.read().strip() == IMG2DATASET_SPEC:
+                install_fetch_guard(root)
                 return exe
     subprocess.run([_base_python(), "-m", "venv", root], check=True)
     pip = [os.path.join(root, "bin", "python"), "-m", "pip", "install", *(["-q"] if quiet else [])]
     subprocess.run([*pip, "--upgrade", "pip"], check=True)
     subprocess.run([*pip, IMG2DATASET_SPEC], check=True)
+    install_fetch_guard(root)
     with open(stamp, "w") as fh:
         fh.write(IMG2DATASET_SPEC + "\n")
     return exe
@@ -178,6 +208,9 @@ def download_url_list(url_list: str, output: str, url_col: str = "url", caption_
         ]
         env = dict(os.environ)
         env.pop("PYTHONPATH", None)  # keep this stack's packages out of img2dataset's interpreter
+        env.pop(url_guard.ALLOW_PRIVATE_ENV, None)  # the redirect guard's policy is this call's, nothing else
+        if allow_private:
+            env[url_guard.ALLOW_PRIVATE_ENV] = "1"
         r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

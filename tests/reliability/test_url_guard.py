@@ -193,3 +193,94 @@ def test_annotate_cli_routes_url_lists_through_the_guard(counting_server, tmp_pa
     assert counting_server.hits == []
     with pytest.raises(ValueError, match="must be a local folder"):
         resolve_inputs([str(url_list)], "s3://bucket/out")
+
+
+# Every special range by its own literal, against the guard's own table (not the interpreter's ipaddress flags).
+@pytest.mark.parametrize("url,reason", [
+    ("http://[2002:7f00:1::]/", "6to4 transition tunnel, wrapping 127.0.0.1"),
+    ("http://[2002:a9fe:a9fe::]/", "6to4 transition tunnel, wrapping 169.254.169.254"),
+    ("http://[2002:5db8:d822::]/", "6to4 transition tunnel, wrapping 93.184.216.34"),  # even a public one
+    ("http://[fec0::1]/", "site-local"),
+    ("http://192.88.99.1/", "6to4 relay anycast"),
+    ("http://[2001::1]/", "Teredo"),
+    ("http://[64:ff9b::a9fe:a9fe]/", "169.254.169.254 is a link-local address"),  # NAT64 wraps IPv4
+    ("http://[64:ff9b:1::1]/", "local-use NAT64"),
+    ("http://[::7f00:1]/", "IPv4-compatible"),
+    ("http://[100::1]/", "discard-only"),
+    ("http://[2001:db8::1]/", "documentation"),
+    ("http://[3fff::1]/", "documentation"),
+    ("http://[4000::1]/", "outside global unicast"),
+    ("http://[::]/", "the unspecified address"),
+    ("http://0.1.2.3/", "'this network'"),
+    ("http://192.0.0.8/", "IETF protocol assignments"),
+    ("http://198.18.0.1/", "benchmarking"),
+    ("http://198.51.100.7/", "documentation"),
+    ("http://203.0.113.9/", "documentation"),
+    ("http://255.255.255.255/", "future use and broadcast"),
+    ("http://%31%32%37.0.0.1/", "percent-encoded host"),
+    ("http://%6c%6f%63%61%6c%68%6f%73%74/", "percent-encoded host"),  # "localhost"
+    ("http://[fe80::1%25eth0]/", "percent-encoded host"),
+])
+def test_transition_special_and_encoded_forms_are_refused(url, reason):
+    for allow_private in (False, True):  # none of these is a private range an operator may allow
+        got = url_guard.url_refusal(url, allow_private=allow_private, resolve=_no_resolver)
+        assert got is not None and reason in got, got
+
+
+def test_the_table_not_the_interpreter_decides(monkeypatch):
+    """The verdicts hold with the interpreter's own special-range flags switched off."""
+    import ipaddress
+
+    for cls in (ipaddress.IPv4Address, ipaddress.IPv6Address):
+        for flag in ("is_private", "is_global", "is_reserved", "is_link_local", "is_loopback", "is_multicast",
+                     "is_site_local", "is_unspecified"):
+            if hasattr(cls, flag):
+                monkeypatch.setattr(cls, flag, property(lambda self: pytest.fail("ipaddress flag consulted")))
+    assert "link-local" in url_guard.url_refusal("http://169.254.169.254/", resolve=_no_resolver)
+    assert "site-local" in url_guard.url_refusal("http://[fec0::1]/", resolve=_no_resolver)
+    assert url_guard.url_refusal("http://93.184.216.34/", resolve=_no_resolver) is None
+    assert url_guard.url_refusal("http://[2606:4700::1111]/", resolve=_no_resolver) is None
+
+
+class RedirectingServer(CountingServer):
+    """A loopback server answering every request with a 302 to ``location(path)``."""
+
+    def __init__(self, location):
+        hits = self.hits = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - http.server's naming
+                hits.append(self.path)
+                self.send_response(302)
+                self.send_header("Location", location(self.path))
+                self.end_headers()
+
+            def log_message(self, *a):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_redirects_are_judged_hop_by_hop(counting_server):
+    """The redirect guard img2dataset runs under (annotators/fetch_guard.py): a 302 to 0.0.0.0 (refused even
+    with private ranges allowed; it would reach the counting server on this host) is not followed, and the
+    error names the guard; a 302 to an allowed loopback address is (the control)."""
+    import urllib.error
+    import urllib.request
+
+    from annotators.fetch_guard import GuardedRedirectHandler
+
+    target = counting_server.port
+    hop = RedirectingServer(lambda path: f"http://{'0.0.0.0' if path == '/bad' else '127.0.0.1'}:{target}{path}")
+    try:
+        opener = urllib.request.build_opener(GuardedRedirectHandler(allow_private=True))
+        with pytest.raises(urllib.error.HTTPError, match="refused by the URL guard: 0.0.0.0 is the unspecified"):
+            opener.open(f"http://127.0.0.1:{hop.port}/bad", timeout=5)
+        assert hop.hits == ["/bad"] and counting_server.hits == []
+        with pytest.raises(urllib.error.HTTPError, match="404"):  # followed: the target answers 404
+            opener.open(f"http://127.0.0.1:{hop.port}/ok", timeout=5)
+        assert counting_server.hits == ["/ok"]
+    finally:
+        hop.close()
