@@ -9,7 +9,8 @@ question) as a bullet list; bullets are parsed with the annotation stage's parse
 with an empty list (its prompts fall back to the class name) and listed, printed and in
 ``<output>.missing.txt``: never filled in silently. Profiles: ``tiny`` = the random-weight
 ``text-llm`` built by ``grain models build-tiny`` (tests; its output is noise); ``paper`` =
-``meta-llama/Llama-3.1-8B-Instruct``.
+``meta-llama/Llama-3.1-8B-Instruct``. Generation is constrained to that bullet list (vLLM structured
+outputs, ``--free-generation`` to switch it off), so even the tiny model's noise parses into descriptors.
 """
 
 from __future__ import annotations
@@ -23,6 +24,15 @@ PAPER_MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 QUESTION = ("What are useful visual features for distinguishing a {c} in a photo? Answer with a short "
             "bullet list, one feature of a few words per line, nothing else.")
 MAX_DESCRIPTORS = 8
+DESCRIPTOR_MAX_CHARS = 48  # a feature "of a few words" (structured output's bound per bullet)
+
+
+def bullets_regex(max_items: int = MAX_DESCRIPTORS, max_chars: int = DESCRIPTOR_MAX_CHARS) -> str:
+    """1..``max_items`` lines ``- <text>``, each 1..``max_chars`` printable characters starting with a non-space
+    (an optional leading space first: chat models often start their answer with one)."""
+    if max_items < 1 or max_chars < 1:
+        raise ValueError(f"bullets_regex: max_items and max_chars must be ≥ 1, got {max_items}, {max_chars}")
+    return rf" ?(?:- [^\x00-\x20\x7f][^\x00-\x1f\x7f]{{0,{max_chars - 1}}}\n){{1,{max_items}}}"
 
 
 def read_classes(classes: str | None, dataset: str | None) -> list[str]:
@@ -59,18 +69,27 @@ def model_for_profile(profile: str, model: str | None) -> str:
     return ensure_tiny_models(["text-llm"])["text-llm"]
 
 
-def describe(classnames: list[str], model: str, max_tokens: int = 96, engine_kwargs: dict | None = None) -> dict[str, list[str]]:
-    """``{class: [descriptor, ...]}`` (≤ MAX_DESCRIPTORS each; may be empty) from greedy generations."""
+def describe(classnames: list[str], model: str, max_tokens: int = 96, engine_kwargs: dict | None = None,
+             structured: bool = True) -> dict[str, list[str]]:
+    """``{class: [descriptor, ...]}`` (≤ MAX_DESCRIPTORS each; may be empty) from greedy generations.
+    ``structured``: generation is constrained (vLLM structured outputs) to the bullet list the question asks
+    for (``bullets_regex``), so every answer that is not cut by ``max_tokens`` parses."""
     from vllm import LLM, SamplingParams
 
     from grain.parse import parse_mllm_output
 
     kwargs = {"max_model_len": 512, "enforce_eager": True, "seed": 0, **(engine_kwargs or {})}
+    guided = None
+    if structured:
+        from vllm.sampling_params import StructuredOutputsParams
+
+        kwargs.setdefault("structured_outputs_config", {"backend": "guidance"})
+        guided = StructuredOutputsParams(regex=bullets_regex(MAX_DESCRIPTORS, min(DESCRIPTOR_MAX_CHARS, max_tokens)))
     llm = LLM(model=model, **kwargs)
     tok = llm.get_tokenizer()
     prompts = [tok.apply_chat_template([{"role": "user", "content": QUESTION.format(c=c)}], tokenize=False,
                                        add_generation_prompt=True) for c in classnames]
-    outs = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=max_tokens))
+    outs = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=max_tokens, structured_outputs=guided))
     result = {}
     for c, o in zip(classnames, outs):
         # The answer has no caption header: bullets become descriptions, the rest is ignored.
@@ -89,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", choices=("tiny", "paper"), default="tiny")
     p.add_argument("--model", help="local path or model id (overrides --profile)")
     p.add_argument("--max-tokens", type=int, default=96)
+    p.add_argument("--free-generation", action="store_true",
+                   help="no structured outputs: the answer is not constrained to a bullet list")
     args = p.parse_args(argv)
     try:
         names = read_classes(args.classes, args.dataset)
@@ -96,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, json.JSONDecodeError) as e:
         print(f"grain describe-classes: {e}", file=sys.stderr)
         return 2
-    result = describe(names, model, args.max_tokens)
+    result = describe(names, model, args.max_tokens, structured=not args.free_generation)
     missing = [c for c in names if not result[c]]
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w", encoding="utf-8") as f:

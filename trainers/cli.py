@@ -72,9 +72,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=2))
         return 0
+    from trainers.index import DataError
     from trainers.run import run_training
 
-    result = run_training(cfg)
+    try:
+        result = run_training(cfg)
+    except DataError as e:  # unusable training data: one line naming it (docs/reliability.md), no traceback
+        print(f"grain train: {e}", file=sys.stderr)
+        return 2
     print(json.dumps({k: result[k] for k in ("output", "final_checkpoint", "steps", "samples_seen", "skipped_rows")}, default=str))
     return 0
 

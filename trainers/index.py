@@ -20,6 +20,12 @@ from grain import storage
 from grain.schema import COLUMNS, STATUS_OK
 
 
+class DataError(ValueError):
+    """Training data that cannot train: a missing path, no shards, a shard that is not readable Parquet or not in
+    the annotation schema, or no ``ok`` row at all. The message names the path or file and the reason;
+    `grain train` prints it as one line and exits 2 (the same as bad arguments)."""
+
+
 def list_shards(path: str) -> tuple[list[str], list[str]]:
     """(shards to train on, uncommitted shards ignored) under ``path`` (a directory, searched at every
     level, or one file), through ``grain.storage.list_shards``: when the directory uses the commit
@@ -29,9 +35,9 @@ def list_shards(path: str) -> tuple[list[str], list[str]]:
     try:
         files, ignored = storage.list_shards(path, ".parquet", recursive=True)
     except FileNotFoundError as e:
-        raise FileNotFoundError(f"training data not found: {e}") from None
+        raise DataError(f"training data not found: {e}") from None
     if not files:
-        raise FileNotFoundError(f"no (committed) *.parquet shards under training data path {path}")
+        raise DataError(f"no (committed) *.parquet shards under training data path {path}")
     return [storage.open_fs(f)[1] for f in files], [storage.open_fs(f)[1] for f in ignored]
 
 
@@ -88,15 +94,24 @@ def _read_manifests(fs, dirs: list[str]) -> list[dict]:
 
 
 def _scan_file(fs, fi: int, f: str) -> tuple[list, dict, int]:
-    """One shard → (row groups with ok rows, skipped counts by status, total rows)."""
-    pf = pq.ParquetFile(f, filesystem=fs)
+    """One shard → (row groups with ok rows, skipped counts by status, total rows); DataError naming the file
+    when it is not readable Parquet (corrupt, truncated) or lacks the schema's columns."""
+    import pyarrow as pa
+
+    try:
+        pf = pq.ParquetFile(f, filesystem=fs)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{f}: not a readable Parquet shard ({type(e).__name__}: {e})") from None
     names = set(pf.schema_arrow.names)
     missing = [c for c in ("key", "status", "image") if c not in names]
     if missing:
-        raise ValueError(f"{f}: not an annotated shard (missing columns {missing}; schema columns: {list(COLUMNS)})")
+        raise DataError(f"{f}: not an annotated shard (missing columns {missing}; schema columns: {list(COLUMNS)})")
     groups, skipped, total = [], {}, 0
     for rg in range(pf.num_row_groups):
-        status = pf.read_row_group(rg, columns=["status"]).column("status")
+        try:
+            status = pf.read_row_group(rg, columns=["status"]).column("status")
+        except (pa.ArrowException, OSError) as e:
+            raise DataError(f"{f}: row group {rg} is not readable ({type(e).__name__}: {e})") from None
         total += len(status)
         ok = np.asarray(pc.equal(status, STATUS_OK).to_numpy(zero_copy_only=False), dtype=bool)  # null → False
         for s, n in zip(*np.unique(np.asarray(status.to_pylist(), dtype=object)[~ok].astype(str), return_counts=True)):
@@ -108,8 +123,10 @@ def _scan_file(fs, fi: int, f: str) -> tuple[list, dict, int]:
 
 
 def build_index(path: str, threads: int = 16) -> DataIndex:
-    """Scan the shards under ``path`` (files in parallel: on object stores each costs round trips);
-    raise naming the file when one lacks the schema's columns."""
+    """Scan the shards under ``path`` (files in parallel: on object stores each costs round trips). A shard
+    that cannot be read is refused, not skipped: training on a silent subset of a corpus is the loss the
+    annotation stage's commit protocol exists to prevent, and a corrupt shard is re-made by re-running it.
+    Raises DataError (see there)."""
     from concurrent.futures import ThreadPoolExecutor
 
     fs, _ = storage.pyarrow_fs(path)
@@ -124,5 +141,8 @@ def build_index(path: str, threads: int = 16) -> DataIndex:
             for k, v in sk.items():
                 skipped[k] = skipped.get(k, 0) + v
     dirs = sorted({posixpath.dirname(f) for f in files})
-    return DataIndex(root=path, files=files, groups=groups, skipped=skipped, total_rows=total,
-                     manifests=_read_manifests(fs, dirs), uncommitted=ignored)
+    index = DataIndex(root=path, files=files, groups=groups, skipped=skipped, total_rows=total,
+                      manifests=_read_manifests(fs, dirs), uncommitted=ignored)
+    if index.num_ok == 0:
+        raise DataError(f"{path}: no ok row to train on in {len(files)} shard(s) ({total} rows; by status: {skipped})")
+    return index

@@ -29,7 +29,7 @@ import time
 from grain import storage
 from grain.safety import refuse_test_hooks
 from trainers.config import TEST_HOOK_KEYS, TrainConfig
-from trainers.index import build_index
+from trainers.index import DataError, build_index
 from trainers.optim import warmup_steps_for
 from trainers.plan import steps_per_epoch
 
@@ -136,7 +136,7 @@ def run_training(cfg: TrainConfig) -> dict:
     world = max(1, cfg.workers)
     spe = steps_per_epoch(index, world, cfg.batch_size, cfg.seed, cfg.epochs)
     if spe == 0:
-        raise ValueError(f"{cfg.data.path}: {index.num_ok} trainable rows are too few for {world} worker(s) × batch "
+        raise DataError(f"{cfg.data.path}: {index.num_ok} trainable rows are too few for {world} worker(s) × batch "
                          f"{cfg.batch_size} (skipped: {index.skipped})")
     total = spe * cfg.epochs
     warmup = min(warmup_steps_for(cfg.optim, spe), total)

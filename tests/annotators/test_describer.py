@@ -114,3 +114,20 @@ def test_vllm_matches_transformers_greedy(llava_describer, tiny_models, photos):
     with torch.no_grad():
         ref = model.generate(**inp, max_new_tokens=12, do_sample=False)[0, inp["input_ids"].shape[1]:]
     assert list(got.outputs[0].token_ids) == ref.tolist()
+
+
+@pytest.mark.slow
+def test_describe_stage_isolates_a_raising_call(llava_describer):
+    """DescribeStage on a batch of three whose model call raises because of one image: the batch is retried
+    image by image, the two good rows are described by the real engine, the bad one is a model_error row
+    saying "MLLM call failed:" and why."""
+    from annotators.stages import DescribeStage
+    from tests.annotators.stage_faults import FailsOnSize, stage_around, three_rows
+
+    model = FailsOnSize(llava_describer, (67, 41))
+    stage = stage_around(DescribeStage, model, describer=model, max_descriptions=10, _engine_watch=None)
+    out = stage(three_rows()).to_pylist()
+    assert model.calls == [3, 1, 1, 1]  # the whole batch, then each image alone
+    assert [r["status"] for r in out] == ["ok", "model_error", "ok"]
+    assert out[1]["error"] == "MLLM call failed: RuntimeError: device-side assert triggered (injected)"
+    assert all(r["generated_tokens"] > 0 and r["error"] is None for r in (out[0], out[2]))

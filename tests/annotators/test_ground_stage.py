@@ -24,3 +24,20 @@ def test_grounder_stage_boxes_in_decoded_frame(tiny_models, tmp_path):
         for x1, y1, x2, y2 in r["boxes"]:
             assert 0 <= x1 <= x2 <= 1 and 0 <= y1 <= y2 <= 1
         assert all(0 <= i < 3 for i in r["box_desc_index"])
+
+
+def test_ground_stage_isolates_a_raising_call(tiny_models):
+    """GroundStage on a batch of three whose detector call raises because of one image: retried image by
+    image, the good rows get boxes from the real OWLv2, the bad one is a model_error row saying
+    "detector call failed:" and why."""
+    from annotators.grounder import Grounder
+    from annotators.stages import GroundStage
+    from tests.annotators.stage_faults import FailsOnSize, stage_around, three_rows
+
+    model = FailsOnSize(Grounder(tiny_models["owlv2"], threshold=0.0, device="cpu"), (67, 41))
+    stage = stage_around(GroundStage, model, grounder=model, max_boxes=5)
+    out = stage(three_rows()).to_pylist()
+    assert model.calls == [3, 1, 1, 1]
+    assert [r["status"] for r in out] == ["ok", "model_error", "ok"]
+    assert out[1]["error"] == "detector call failed: RuntimeError: device-side assert triggered (injected)"
+    assert all(r["boxes"] and r["error"] is None for r in (out[0], out[2]))

@@ -197,8 +197,9 @@ def test_pipeline_summary_links_runs_and_shows_results():
     assert "trained on 8 of 9 annotated rows (88.9 %)" in md and "| emoji |" in md
 
 
-def test_zombie_automation_is_created_once_and_crashes_silent_runs(prefect_api):
-    """`grain stack up` registers it every time: one automation of that name, Prefect's zombie recipe."""
+def test_zombie_automation_is_registered_once_with_the_crash_action(prefect_api):
+    """`grain stack up` registers it every time: one automation of that name, Prefect's zombie recipe (a missed
+    heartbeat → Crashed). That a silent run really ends Crashed is tests/infra/test_stack_e2e.py's check."""
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL
 

@@ -46,11 +46,42 @@ def test_artifact_server_serves_files_only_on_loopback(tmp_path):
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/run/")
         assert e.value.code == 404  # no directory listings
-        with pytest.raises(urllib.error.HTTPError):
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/../../etc/passwd")
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_artifact_server_does_not_serve_outside_its_folder(tmp_path):
+    """A file beside the served folder, asked for through `..` (plain and percent-encoded, sent as raw request
+    lines: no client-side normalisation) is never served; served from one level up, the same name is (the
+    control: the requests aim at a file that exists)."""
+    import http.client
+
+    from infra.artifact_server import serve
+
+    (tmp_path / "served" / "run").mkdir(parents=True)
+    (tmp_path / "secret.txt").write_bytes(b"top secret")
+    paths = ["/../secret.txt", "/run/../../secret.txt", "/%2e%2e/secret.txt", "/run/%2E%2E/%2e%2e/secret.txt",
+             "/..%2fsecret.txt", "//../secret.txt"]
+
+    def get(root, path):
+        server = serve(str(root), 0)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=5)
+            conn.putrequest("GET", path, skip_host=True, skip_accept_encoding=True)
+            conn.putheader("Host", "127.0.0.1")
+            conn.endheaders()
+            r = conn.getresponse()
+            return r.status, r.read()
+        finally:
+            server.shutdown()
+            server.server_close()
+
+    for path in paths:
+        status, body = get(tmp_path / "served", path)
+        assert status == 404 and b"top secret" not in body, (path, status)
+    assert get(tmp_path, "/secret.txt") == (200, b"top secret")
 
 
 def test_artifact_server_cors_is_the_prefect_ui_origin_only(tmp_path, monkeypatch):

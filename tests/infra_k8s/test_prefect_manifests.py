@@ -96,8 +96,7 @@ def test_deployments_match_the_flows(prefect_project):
     for name, dep in deps.items():
         file, func = dep["entrypoint"].split(":")
         path = os.path.join(REPO, file)
-        if not os.path.exists(path):
-            pytest.skip(f"{file} has not landed yet")
+        assert os.path.exists(path), f"{dep['entrypoint']}: {file} does not exist"
         flows = _flow_functions(path)
         assert func in flows, f"{dep['entrypoint']}: no @flow function {func}"
         node, call = flows[func]

@@ -95,5 +95,11 @@ def test_sigkilled_worker_restarts_from_checkpoint(ray_local, tmp_path):
     with open(os.path.join(out, "sample_keys", "rank0.jsonl")) as f:
         steps = [json.loads(line)["step"] for line in f]
     restarts = [i for i in range(1, len(steps)) if steps[i] <= steps[i - 1]]
-    if restarts:  # the killed worker may have died between steps: then no step was redone
-        assert (steps[restarts[0]] - 1) % CKPT_EVERY == 0, steps
+    # The kill lands ≥ 2 steps after a checkpoint, so the group must restart once, from that checkpoint, and
+    # redo exactly the steps between it and the kill: no more, no fewer.
+    assert len(restarts) == 1, ("expected one restart of the group", steps)
+    r = restarts[0]
+    resumed_from = steps[r] - 1
+    assert resumed_from >= CKPT_EVERY and resumed_from % CKPT_EVERY == 0, ("not resumed from a checkpoint", steps)
+    counts = {s: steps.count(s) for s in set(steps)}
+    assert {s for s, n in counts.items() if n == 2} == set(range(resumed_from + 1, steps[r - 1] + 1)), steps

@@ -12,7 +12,7 @@ import torch
 from grain.config import ModelConfig
 from grain.data import make_batch, sample_from_row, top_boxes
 from grain.schema import FixtureSpec, empty_row, to_table, write_fixture_shards, write_table
-from trainers.index import build_index
+from trainers.index import DataError, build_index
 from trainers.plan import epoch_batches, rank_rows, steps_per_epoch
 from trainers.samples import BatchStream, ShardReader
 
@@ -50,7 +50,7 @@ def test_index_skips_and_counts_non_ok_rows_and_records_manifest(tmp_path):
     assert index.num_ok == 10 and index.total_rows == 14
     assert index.skipped == {"decode_error": 4}
     assert index.manifests and index.manifests[0]["content"]["run"] == "annotate-123"
-    with pytest.raises(FileNotFoundError, match="not found"):
+    with pytest.raises(DataError, match="not found"):
         build_index(str(tmp_path / "nope"))
 
 
