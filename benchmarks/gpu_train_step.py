@@ -1,4 +1,4 @@
-"""One GRAIN training step on one device: samples/s, MFU against a measured matmul rate, peak memory.
+"""One GRAIN training step on one device: samples/s, MFU against the chip's peak and a measured matmul rate, peak memory.
 
     PYTHONPATH=. python benchmarks/gpu_train_step.py                        # vit-b-16, bf16, cuda, batch 128
     PYTHONPATH=. python benchmarks/gpu_train_step.py --batch-size 64 --steps 10 --warmup 3
@@ -11,9 +11,12 @@ position), ``boxes_per_image`` random boxes per image with random description to
 ``--desc-len``, ≤ 32, as the trainer trims them), so the matcher and L_rd do real work.
 
 FLOPs per step are counted by ``torch.utils.flop_counter.FlopCounterMode`` on one forward+backward
-(matmuls and attention; elementwise ops are not counted, so MFU is a slight underestimate). The
-peak rate is measured here: a large square matmul in the step's dtype. The last line is a one-line
-summary for logs.
+(matmuls and attention; elementwise ops are not counted, so MFU is a slight underestimate). MFU is
+reported twice: ``mfu`` against the chip's datasheet dense peak (``CHIP_PEAK_TFLOPS``, looked up by
+device name, or ``--peak-tflops``; on a CPU only with the flag, else null) and ``mfu_vs_matmul``
+against a rate measured here, a large square matmul in the step's dtype. The second alone flatters:
+a chip that runs matmuls below its datasheet peak makes the step look closer to its ceiling.
+The last line is a one-line summary for logs.
 """
 
 from __future__ import annotations
@@ -31,6 +34,29 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 SOT_ID, EOT_ID = 49406, 49407  # open_clip BPE specials (grain.tokenizer); EOT has the largest id
+
+# Datasheet dense (no sparsity) peak TFLOP/s by device-name substring and step dtype. "fp32" is the
+# TF32 tensor-core rate: this script turns TF32 on for fp32 matmuls. More specific names come first
+# ("H100 PCIe" before "H100"); an unknown chip gets no chip MFU unless --peak-tflops is given.
+CHIP_PEAK_TFLOPS = (
+    ("H200", {"bf16": 989.0, "fp32": 494.7}),
+    ("H100 PCIe", {"bf16": 756.0, "fp32": 378.0}),
+    ("H100", {"bf16": 989.0, "fp32": 494.7}),
+    ("A100", {"bf16": 312.0, "fp32": 156.0}),
+    ("L40S", {"bf16": 362.0, "fp32": 183.0}),
+    ("L4", {"bf16": 121.0, "fp32": 60.0}),
+)
+
+
+def chip_peak_tflops(device_name: str, dtype: str, override: float | None = None) -> tuple[float | None, str]:
+    """(peak TFLOP/s, where it came from) for ``device_name`` in ``dtype`` ("bf16" | "fp32")."""
+    if override is not None:
+        return float(override), "--peak-tflops"
+    if device_name != "cpu":  # a CPU's peak depends on cores, clocks and SIMD width: only with the flag
+        for name, peaks in CHIP_PEAK_TFLOPS:
+            if name in device_name and dtype in peaks:
+                return peaks[dtype], f"datasheet dense peak of {name} ({dtype})"
+    return None, "unknown: pass --peak-tflops"
 
 
 def _sync(device):
@@ -135,6 +161,8 @@ def main(argv=None) -> int:
     p.add_argument("--boxes-per-image", type=int, default=5)
     p.add_argument("--desc-len", type=int, default=16, help="description token length (≤ 32)")
     p.add_argument("--matmul-n", type=int, default=None, help="size of the peak-rate matmul (default 8192 cuda, 1024 cpu)")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="chip peak TFLOP/s for MFU (default: datasheet table by device name; required on CPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model first")
     p.add_argument("--breakdown", action="store_true", help="also time each part (forward + backward) in isolation")
     p.add_argument("--json", help="also write the results to this JSON file")
@@ -202,13 +230,17 @@ def main(argv=None) -> int:
                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     n = args.matmul_n or (8192 if device.type == "cuda" else 1024)
     peak = matmul_peak(device, dtype, n, reps=5 if device.type == "cuda" else 2)
-    achieved = flops / t_step
+    achieved = flops / t_step  # FLOP/s
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    dtype_name = str(dtype).replace("torch.", "").replace("bfloat16", "bf16").replace("float32", "fp32")
+    chip_peak, chip_source = chip_peak_tflops(device_name, dtype_name, args.peak_tflops)
     res = {
-        "preset": args.preset, "kind": args.kind, "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "preset": args.preset, "kind": args.kind, "device": str(device), "device_name": device_name,
         "dtype": str(dtype).replace("torch.", ""), "batch_size": args.batch_size, "compile": args.compile,
         "step_s": t_step, "samples_per_s": args.batch_size / t_step, "flops_per_step": flops,
-        "achieved_tflops": achieved / 1e12, "matmul_peak_tflops": peak / 1e12, "mfu": achieved / peak,
+        "achieved_tflops": achieved / 1e12, "matmul_peak_tflops": peak / 1e12, "mfu_vs_matmul": achieved / peak,
+        "chip_peak_tflops": chip_peak, "chip_peak_source": chip_source,
+        "mfu": achieved / (chip_peak * 1e12) if chip_peak else None,
         "peak_mem_gib": peak_mem / 2**30, "loss": float(losses["loss"].detach()), "torch": torch.__version__,
     }
     if args.breakdown:
@@ -218,10 +250,12 @@ def main(argv=None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=2)
+    chip_mfu = "n/a (no chip peak: --peak-tflops)" if res["mfu"] is None else \
+        f"{100 * res['mfu']:.1f} % of {res['chip_peak_tflops']:.4g} TFLOP/s chip peak"
     print(f"gpu_train_step {res['preset']}/{res['kind']} on {res['device_name']} {res['dtype']} batch {args.batch_size}: "
           f"{res['samples_per_s']:.1f} samples/s ({t_step * 1e3:.1f} ms/step), "
-          f"{res['achieved_tflops']:.3g} TFLOP/s of {res['matmul_peak_tflops']:.3g} measured matmul peak → "
-          f"MFU {100 * res['mfu']:.1f} %, peak memory {res['peak_mem_gib']:.2f} GiB")
+          f"{res['achieved_tflops']:.3g} TFLOP/s → MFU {chip_mfu}, {100 * res['mfu_vs_matmul']:.1f} % of "
+          f"{res['matmul_peak_tflops']:.3g} measured matmul; peak memory {res['peak_mem_gib']:.2f} GiB")
     return 0
 
 
