@@ -29,6 +29,21 @@ def _stages() -> dict[str, list[str]]:
     return stages
 
 
+def _froms() -> dict[str, str]:
+    """stage name → its base image, with ``${ARG}`` / ``$ARG`` replaced by the ARG defaults declared before it."""
+    with open(DOCKERFILE) as fh:
+        text = re.sub(r"\\\n\s*", " ", fh.read())
+    args, froms = {}, {}
+    for line in text.splitlines():
+        line = line.strip()
+        if m := re.match(r"ARG\s+(\w+)=(\S+)$", line, re.I):
+            args[m.group(1)] = m.group(2)
+        elif m := re.match(r"FROM\s+(?:--platform=\S+\s+)?(\S+)\s+AS\s+(\S+)$", line, re.I):
+            image = re.sub(r"\$\{?(\w+)\}?", lambda a: args.get(a.group(1), a.group(0)), m.group(1))
+            froms[m.group(2)] = image
+    return froms
+
+
 def _pyproject() -> dict:
     with open(os.path.join(REPO, "pyproject.toml"), "rb") as fh:
         return tomllib.load(fh)
@@ -71,4 +86,12 @@ def test_kuberay_probe_and_shell_tools_installed():
     """KubeRay's default probes call wget; its ray start command runs under bash."""
     base = " ".join(_stages()["base"])
     assert re.search(r"apt-get install[^&]*\bwget\b", base)
-    assert "python:" in open(DOCKERFILE).read()  # Debian-based python image: bash is there
+    # base is the official Debian-based Python image (bash, apt-get), in the Python the package
+    # supports; cpu and gpu build on it, not on some other image.
+    froms = _froms()
+    m = re.fullmatch(r"python:(3\.\d+)(?:\.\d+)?-(?:slim-)?(bookworm|bullseye|trixie)", froms["base"])
+    assert m, f"base stage: FROM {froms['base']} is not a Debian-based python image (no bash/apt-get)"
+    requires = _pyproject()["project"]["requires-python"]
+    lo = re.search(r">=\s*3\.(\d+)", requires)
+    assert lo and int(m.group(1).split(".")[1]) >= int(lo.group(1)), f"python {m.group(1)} vs requires-python {requires}"
+    assert froms["cpu"] == "base" and froms["gpu"] == "base", froms
