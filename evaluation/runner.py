@@ -132,10 +132,17 @@ def eval_retrieval(model, ds: RetrievalSet, cfg: EvalConfig, model_name: str) ->
 
 
 def load_model(checkpoint: str, device: str = "cpu"):
+    """A ``final.pt`` or a folder written by `grain export` → (GrainModel in eval mode, its config, extra)."""
     from grain.checkpoint import load_checkpoint
+    from grain.openclip_format import is_export_folder
 
     if not os.path.exists(checkpoint):
         raise FileNotFoundError(f"{checkpoint}: checkpoint not found")
+    if is_export_folder(checkpoint):
+        from grain.hub import load_model as load_folder
+
+        model, mcfg = load_folder(checkpoint)
+        return model.to(device).eval(), mcfg, {}
     model, mcfg, extra = load_checkpoint(checkpoint)
     return model.to(device).eval(), mcfg, extra
 

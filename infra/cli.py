@@ -9,6 +9,7 @@ beside the commands that run the project (stack, demo), not in the pure library 
     grain train ...                pretraining stage (Ray Train)
     grain eval ...                 zero-shot / retrieval / novel-concept evaluation
     grain embed | ground | describe-classes | data ...
+    grain export CKPT --output DIR an open_clip / Hugging Face Hub model folder
     grain demo-corpus ...          build the demo corpus as img2dataset-style shards
     grain stack up|down|status     the local Prefect + Ray stack
     grain bench grounding          the GRAIN-vs-CLIP miniature benchmark
@@ -29,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("trainers.cli:main", "pretrain GRAIN (or the CLIP baseline) on annotated shards"),
     "eval": ("evaluation.cli:eval_main", "zero-shot classification, retrieval, novel concepts"),
     "embed": ("evaluation.cli:embed_main", "embed images or texts with a checkpoint"),
+    "export": ("evaluation.export:main", "write a checkpoint as an open_clip / Hugging Face Hub model folder"),
     "ground": ("evaluation.cli:ground_main", "draw region boxes for descriptions on an image"),
     "describe-classes": ("evaluation.describe:main", "write descriptors.json with an instruct LLM (vLLM)"),
     "data": ("evaluation.datasets:main", "install/build the local evaluation sets"),
