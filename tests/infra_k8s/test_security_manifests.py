@@ -12,6 +12,7 @@ local head elsewhere.)
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 
@@ -224,10 +225,98 @@ def test_every_secret_is_in_the_readme_table(k8s_docs, work_pool_template):
         assert key in readme, key
 
 
+DANGEROUS_ENV = ("GRAIN_ALLOW_TEST_HOOKS", "GRAIN_URL_ALLOW_PRIVATE")
+_OFF = ("", "0", "false", "no", "off", "none")
+
+
+def _on(value) -> bool:
+    return value is not None and str(value).strip().strip("'\"").lower() not in _OFF
+
+
+def _in_text(text: str, where: str) -> list[str]:
+    """``VAR=1`` / ``VAR: 1`` inside a string (a shell command, a Dockerfile RUN line)."""
+    return [f"{where}: {m.group(0)}" for var in DANGEROUS_ENV
+            for m in re.finditer(rf"\b{var}\b['\"]?\s*[=:]\s*['\"]?([^\s'\";,}}\]]*)", text) if _on(m.group(1))]
+
+
+def env_enablers(node, where: str = "") -> list[str]:
+    """Every place a parsed manifest (YAML/JSON) turns a test-only variable on: ``{name: VAR, value: '1'}``
+    in any flow or block style, ``valueFrom`` (its value cannot be proven off), ``{VAR: '1'}`` maps
+    (Prefect job_variables env), and ``VAR=1`` inside strings."""
+    out = []
+    if isinstance(node, dict):
+        if node.get("name") in DANGEROUS_ENV and (_on(node.get("value")) or "valueFrom" in node):
+            out.append(f"{where}: {node['name']}={node.get('value', node.get('valueFrom'))!r}")
+        for k, v in node.items():
+            if k in DANGEROUS_ENV and not isinstance(v, (dict, list)) and _on(v):
+                out.append(f"{where}.{k}: {v!r}")
+            out += env_enablers(v, f"{where}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            out += env_enablers(v, f"{where}[{i}]")
+    elif isinstance(node, str):
+        out += _in_text(node, where)
+    return out
+
+
+def dockerfile_enablers(text: str, where: str = "Dockerfile") -> list[str]:
+    """ENV in both forms (``ENV K=V ...`` and the legacy ``ENV K V``), and ``VAR=1`` in any other line."""
+    import shlex
+
+    out = []
+    for line in re.sub(r"\\\n\s*", " ", text).splitlines():
+        line = line.strip()
+        if line.startswith("#"):
+            continue
+        if re.match(r"ENV\s", line, re.I):
+            words = shlex.split(line)[1:]
+            pairs = [w.split("=", 1) for w in words] if words and "=" in words[0] else [[words[0], " ".join(words[1:])]]
+            out += [f"{where}: ENV {k}={v}" for k, v in pairs if k in DANGEROUS_ENV and _on(v)]
+        else:
+            out += _in_text(line, where)
+    return out
+
+
+@pytest.mark.parametrize("text", [
+    "env:\n- name: GRAIN_ALLOW_TEST_HOOKS\n  value: '1'\n",
+    "env: [{name: GRAIN_ALLOW_TEST_HOOKS, value: '1'}]\n",
+    'env:\n- {"name": "GRAIN_URL_ALLOW_PRIVATE", "value": "true"}\n',
+    "env:\n- name: GRAIN_ALLOW_TEST_HOOKS\n  valueFrom: {configMapKeyRef: {name: c, key: k}}\n",
+    "job_variables:\n  env: {GRAIN_ALLOW_TEST_HOOKS: '1'}\n",
+    "command: [sh, -c, 'GRAIN_ALLOW_TEST_HOOKS=1 grain annotate']\n",
+])
+def test_hook_scan_catches_every_yaml_form(text):
+    assert env_enablers(yaml.safe_load(text)), text
+
+
+@pytest.mark.parametrize("text", ["ENV GRAIN_ALLOW_TEST_HOOKS=1\n", "ENV A=2 \\\n    GRAIN_URL_ALLOW_PRIVATE='1'\n",
+                                  "ENV GRAIN_ALLOW_TEST_HOOKS 1\n", "RUN GRAIN_ALLOW_TEST_HOOKS=1 grain --help\n"])
+def test_hook_scan_catches_dockerfile_forms(text):
+    assert dockerfile_enablers(text), text
+
+
+def test_hook_scan_accepts_off_values():
+    assert not env_enablers(yaml.safe_load("env: [{name: GRAIN_ALLOW_TEST_HOOKS, value: '0'}, {name: X, value: '1'}]"))
+    assert not dockerfile_enablers("ENV GRAIN_ALLOW_TEST_HOOKS=0 OTHER=1\n# ENV GRAIN_ALLOW_TEST_HOOKS=1\n")
+
+
 def test_no_test_hooks_or_private_urls_in_production_manifests():
-    for d, _, files in os.walk(K8S):
-        for fn in files:
-            with open(os.path.join(d, fn)) as fh:
-                text = fh.read()
-            for var in ("GRAIN_ALLOW_TEST_HOOKS", "GRAIN_URL_ALLOW_PRIVATE"):
-                assert not re.search(rf"{var}\W+(value:\s*)?\"?1", text), f"{fn} enables {var}"
+    """Every manifest parsed: infra/k8s (YAML and JSON, helm values included), the root prefect.yaml, and
+    the image's Dockerfile."""
+    found, scanned = [], 0
+    paths = [os.path.join(d, f) for d, _, files in os.walk(K8S) for f in files] + [os.path.join(REPO, "prefect.yaml")]
+    for path in paths:
+        with open(path) as fh:
+            text = fh.read()
+        if path.endswith((".yaml", ".yml")):
+            docs = list(yaml.safe_load_all(text))
+        elif path.endswith(".json"):
+            docs = [json.loads(text)]
+        else:
+            continue
+        scanned += 1
+        found += env_enablers(docs, os.path.relpath(path, REPO))
+    with open(os.path.join(REPO, "infra", "docker", "Dockerfile")) as fh:
+        found += dockerfile_enablers(fh.read(), "infra/docker/Dockerfile")
+    assert scanned >= 8, f"only {scanned} manifests parsed: the scan is not looking at the right files"
+    assert not found, found
