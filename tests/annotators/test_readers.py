@@ -86,11 +86,54 @@ def test_tar_shard_grouping_and_escape(tmp_path):
     assert set(os.listdir(tmp_path)) == before and not (tmp_path / "escape.jpg").exists()
 
 
-def test_tar_too_large_member_not_read(tmp_path):
+class _CountingFile:
+    """A file object that counts the bytes read through it (everything else is delegated)."""
+
+    def __init__(self, f):
+        self._f, self.bytes_read = f, 0
+
+    def read(self, *a):
+        data = self._f.read(*a)
+        self.bytes_read += len(data)
+        return data
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+
+
+def test_tar_too_large_member_not_read(tmp_path, monkeypatch):
+    """The oversized member's bytes never leave the disk: the tar reader seeks past them (counted
+    through the shard's file object) and no member read is asked for it."""
+    import annotators.readers as readers
+    from grain import webdataset
+
+    payload = 4 << 20
     shard = tmp_path / "00000.tar"
-    _tar(shard, [("a.jpg", b"x" * 1000), ("a.txt", b"cap")])
+    _tar(shard, [("a.jpg", b"x" * payload), ("a.txt", b"cap")])
+    opened, member_reads = [], []
+    real_open_fs, real_read = readers.open_fs, webdataset.TarMember.read
+
+    def counting_open_fs(uri):
+        fs, path = real_open_fs(uri)
+
+        class FS:
+            def open(self, p, mode="rb"):
+                opened.append(_CountingFile(fs.open(p, mode)))
+                return opened[-1]
+        return FS(), path
+
+    monkeypatch.setattr(readers, "open_fs", counting_open_fs)
+    monkeypatch.setattr(webdataset.TarMember, "read", lambda self, *a: member_reads.append(self.name) or real_read(self, *a))
     (rec,) = read_shard(InputShard(str(shard), "webdataset", "00000"), max_image_bytes=100)
     assert rec["status"] == "too_large" and rec["image"] is None and rec["source_caption"] == "cap"
+    assert member_reads == ["a.txt"]  # the caption was read, the image was not
+    assert len(opened) == 1 and 0 < opened[0].bytes_read < 64 << 10, opened[0].bytes_read  # headers only
 
 
 def test_truncated_tar_keeps_rows_and_reports(tmp_path):
