@@ -2,6 +2,7 @@
 
     grain eval --checkpoint CKPT --dataset PATH|NAME [--dataset ...] --output DIR [--config eval.yaml]
                [--alpha 1 0.75 0.5 0.25 0] [--batch-size 64] [--limit N] [--train-manifest M]
+    grain eval --engine clip_benchmark --checkpoint CKPT|DIR --dataset ... --output DIR   (clip_benchmark's JSON)
     grain eval --compare run1/results.json run2/results.json --output DIR [--labels GRAIN CLIP]
     grain embed --checkpoint CKPT (--images PATH ... | --texts-file FILE | --text "..." ...) --output out.npy|out.parquet
     grain ground IMAGE --text "a red square" [--text ...] --checkpoint CKPT --output out.png [--per-region]
@@ -17,7 +18,7 @@ import sys
 def eval_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="grain eval", description="Zero-shot classification (names, descriptors, "
                                 "region fusion), retrieval and novel-concept evaluation of a checkpoint.")
-    p.add_argument("--checkpoint", help="checkpoint file written by grain.checkpoint.save_checkpoint")
+    p.add_argument("--checkpoint", help="final.pt (grain.checkpoint.save_checkpoint) or a folder written by `grain export`")
     p.add_argument("--dataset", action="append", default=None, metavar="PATH|NAME",
                    help="ImageFolder / clip_benchmark webdataset folder, annotated .parquet shards, or a local set name "
                         "(`grain data list`); repeatable")
@@ -32,6 +33,9 @@ def eval_main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", help="model label in the outputs")
     p.add_argument("--compare", nargs="+", metavar="RUN_JSON", help="compare run JSONs instead: writes compare.md + compare.png")
     p.add_argument("--labels", nargs="+", help="labels of the compared runs")
+    p.add_argument("--engine", choices=["grain", "clip_benchmark"], default="grain",
+                   help="clip_benchmark: score the names variant and retrieval with clip_benchmark's own functions "
+                        "(writes its JSON per set)")
     args = p.parse_args(argv)
     try:
         if args.compare:
@@ -47,6 +51,11 @@ def eval_main(argv: list[str] | None = None) -> int:
             ("alphas", args.alpha), ("batch_size", args.batch_size), ("limit", args.limit),
             ("train_manifest", args.train_manifest), ("model_name", args.name)) if val is not None}
         cfg = load_config(args.config, flags, args.sets, source="command-line flags")
+        if args.engine == "clip_benchmark":
+            from evaluation.clip_benchmark_engine import run_clip_benchmark, summary_lines as cb_lines
+
+            print("\n".join(cb_lines(run_clip_benchmark(cfg))))
+            return 0
         from evaluation.report import summary_lines
         from evaluation.runner import run_eval
 
@@ -62,7 +71,7 @@ def eval_main(argv: list[str] | None = None) -> int:
 def embed_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="grain embed", description="Embed images or texts with a checkpoint; "
                                 "writes L2-normalised float32 embeddings [N, D] as .npy or Parquet (id + embedding).")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help="final.pt or a folder written by `grain export`")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--images", nargs="+", help="image files or folders (searched recursively)")
     src.add_argument("--text", action="append", help="a text to embed (repeatable)")
