@@ -31,6 +31,11 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 # Largest tar member read into memory (an image, a .cls, a caption file). Members are checked from the
 # tar header before any byte is read, so a hostile or broken shard cannot exhaust memory with one entry.
 MAX_MEMBER_BYTES = 64 * 1024 * 1024
+# Largest sum of the members one tar contributes: the reader groups a whole tar's samples in memory
+# before they are used, so a shard of many members under the per-member cap is bounded too.
+MAX_TAR_BYTES = 4 * 1024**3
+# Largest image file of an ImageFolder set read into memory (the tar members' per-member cap).
+MAX_IMAGE_BYTES = MAX_MEMBER_BYTES
 
 
 class EvalSetError(ValueError):
@@ -44,15 +49,23 @@ class ImageRef:
     where: str
     path: str | None = None
     data: bytes | None = None
+    max_bytes: int = MAX_IMAGE_BYTES
 
     def read_bytes(self) -> bytes:
+        """The image's bytes; a file over ``max_bytes`` is an EvalSetError naming it, checked from its
+        size before reading (and the read itself stops one byte past the cap, should it have grown)."""
         if self.data is not None:
             return self.data
         try:
             with open(self.path, "rb") as f:
-                return f.read()
+                size = os.fstat(f.fileno()).st_size
+                data = f.read(self.max_bytes + 1) if size <= self.max_bytes else b""
         except OSError as e:
             raise EvalSetError(f"{self.where}: cannot read image file ({e})") from e
+        if size > self.max_bytes or len(data) > self.max_bytes:
+            raise EvalSetError(f"{self.where}: image file of {max(size, len(data))} bytes exceeds the "
+                               f"{self.max_bytes}-byte limit per image (max_bytes); not read")
+        return data
 
 
 @dataclass
@@ -175,13 +188,16 @@ def load_imagefolder(root: str, name: str | None = None) -> ClassificationSet:
                              descriptors, templates)
 
 
-def _tar_samples(tar_path: str, max_member_bytes: int = MAX_MEMBER_BYTES) -> dict[str, dict[str, bytes]]:
+def _tar_samples(tar_path: str, max_member_bytes: int = MAX_MEMBER_BYTES,
+                 max_tar_bytes: int = MAX_TAR_BYTES) -> dict[str, dict[str, bytes]]:
     """Group a webdataset tar's members by key: {key: {ext: bytes}} (extension = text after the first dot),
     read with the project's one tar reader (grain.webdataset); members other than files are skipped.
-    A member larger than ``max_member_bytes`` is an EvalSetError naming it (checked before reading it)."""
+    A member larger than ``max_member_bytes``, or one that takes the tar's members past ``max_tar_bytes``
+    in all, is an EvalSetError naming it (both checked from the header, before reading it)."""
     from grain.webdataset import iter_members
 
     samples: dict[str, dict[str, bytes]] = {}
+    total = 0
     try:
         with open(tar_path, "rb") as f:
             for m in iter_members(f):
@@ -190,6 +206,10 @@ def _tar_samples(tar_path: str, max_member_bytes: int = MAX_MEMBER_BYTES) -> dic
                 if m.size > max_member_bytes:
                     raise EvalSetError(f"{tar_path}::{m.name}: member of {m.size} bytes exceeds the "
                                        f"{max_member_bytes}-byte limit per member (max_member_bytes); not read")
+                total += m.size
+                if total > max_tar_bytes:
+                    raise EvalSetError(f"{tar_path}: its members pass the {max_tar_bytes}-byte limit per tar "
+                                       f"(max_tar_bytes) at {m.name}; split the shard or raise the limit")
                 samples.setdefault(m.key, {})[m.ext] = m.read()
     except (OSError, EOFError, tarfile.TarError) as e:
         raise EvalSetError(f"{tar_path}: not a readable tar shard ({e})") from e
@@ -197,7 +217,7 @@ def _tar_samples(tar_path: str, max_member_bytes: int = MAX_MEMBER_BYTES) -> dic
 
 
 def load_clip_benchmark_wds(root: str, name: str | None = None, split: str = "test",
-                            max_member_bytes: int = MAX_MEMBER_BYTES):
+                            max_member_bytes: int = MAX_MEMBER_BYTES, max_tar_bytes: int = MAX_TAR_BYTES):
     tars = sorted(glob.glob(os.path.join(root, split, "*.tar")), key=_natural_key)
     if not tars:
         raise EvalSetError(f"{os.path.join(root, split)}: no .tar shards (clip_benchmark webdataset layout)")
@@ -208,7 +228,7 @@ def load_clip_benchmark_wds(root: str, name: str | None = None, split: str = "te
     if dtype == "retrieval":
         images, captions, cap_img, skipped = [], [], [], {}
         for t in tars:
-            for key, s in _tar_samples(t, max_member_bytes).items():
+            for key, s in _tar_samples(t, max_member_bytes, max_tar_bytes).items():
                 ext = next((e for e in img_exts if e in s), None)
                 caps = [c.strip() for c in s.get("txt", b"").decode("utf-8", "replace").splitlines() if c.strip()]
                 if ext is None or not caps:
@@ -224,7 +244,7 @@ def load_clip_benchmark_wds(root: str, name: str | None = None, split: str = "te
     classnames = _read_lines(cls_path)
     images, labels = [], []
     for t in tars:
-        for key, s in _tar_samples(t, max_member_bytes).items():
+        for key, s in _tar_samples(t, max_member_bytes, max_tar_bytes).items():
             ext = next((e for e in img_exts if e in s), None)
             if ext is None or "cls" not in s:
                 raise EvalSetError(f"{t}::{key}: sample lacks an image ({'/'.join(img_exts)}) or a .cls label")

@@ -121,6 +121,57 @@ def test_tar_member_over_the_size_cap_is_refused_naming_it(tmp_path):
         load_evalset(str(tmp_path / "lying"))
 
 
+def test_tar_members_over_the_total_cap_are_refused_naming_the_tar(tmp_path, monkeypatch):
+    """Every member under the per-member cap, their sum over the per-tar cap: refused before the
+    member that passes it is read."""
+    from evaluation.evalsets import MAX_TAR_BYTES, load_clip_benchmark_wds
+    from grain import webdataset
+
+    members = [(f"s{i}.png", b"x" * 3000) for i in range(4)] + [(f"s{i}.cls", b"0") for i in range(4)]
+    root = _wds(tmp_path / "many", sorted(members), classnames=["a"])
+    reads, real_read = [], webdataset.TarMember.read
+    monkeypatch.setattr(webdataset.TarMember, "read", lambda self, *a: reads.append(self.name) or real_read(self, *a))
+    with pytest.raises(EvalSetError, match=r"test/0\.tar: its members pass the 7000-byte limit per tar .* at s2\.png"):
+        load_clip_benchmark_wds(str(root), max_member_bytes=4096, max_tar_bytes=7000)
+    assert "s2.png" not in reads and "s3.png" not in reads  # stopped at the member that passed the cap
+    assert len(load_clip_benchmark_wds(str(root), max_member_bytes=4096, max_tar_bytes=12004).images) == 4  # at the cap
+    assert MAX_TAR_BYTES <= 8 << 30
+
+
+def test_imagefolder_image_over_the_size_cap_is_refused_naming_it(tmp_path, monkeypatch):
+    import builtins
+
+    ds = load_evalset(str(_imagefolder(tmp_path / "set", classes=("cat",), per_class=1)))
+    big = tmp_path / "set" / "cat" / "0.png"
+    big.write_bytes(_png() + b"\0" * 10_000)  # trailing bytes: still a PNG, now 10 kB larger
+    ref = ImageRef(where=str(big), path=str(big), max_bytes=4096)
+    sizes, real_open = [], builtins.open
+
+    class Spy:  # records how many bytes each read asks for
+        def __init__(self, f):
+            self.f = f
+
+        def read(self, n=-1):
+            sizes.append(n)
+            return self.f.read(n)
+
+        def __getattr__(self, k):
+            return getattr(self.f, k)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *e):
+            self.f.close()
+
+    monkeypatch.setattr(builtins, "open", lambda p, *a, **k: Spy(real_open(p, *a, **k)) if str(p) == str(big) else real_open(p, *a, **k))
+    with pytest.raises(EvalSetError, match=r"cat/0\.png: image file of \d+ bytes exceeds the 4096-byte limit per image"):
+        decode_ref(ref)
+    assert sizes == []  # refused from the file's size: nothing read
+    assert decode_ref(ImageRef(where=str(big), path=str(big))).size == (8, 6)  # the default cap admits it
+    assert ds.images[0].max_bytes >= 32 << 20
+
+
 def test_clip_benchmark_wds_retrieval_multiple_captions(tmp_path):
     root = _wds(tmp_path / "ret", [("a.png", _png()), ("a.txt", b"a red thing\na crimson block\n"),
                                    ("b.png", _png()), ("b.txt", b"another\n")], dtype="retrieval")
