@@ -11,7 +11,7 @@ import os
 
 _PALETTE = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
             (240, 50, 230), (210, 245, 60), (0, 128, 128), (170, 110, 40)]
-MAX_PIXELS = 50_000_000  # decoding bound for shard images (the annotation stage enforces the same)
+MAX_PIXELS = 50_000_000  # decoding bound for shard images: annotators.config's limits.max_image_pixels default
 
 
 def pick_rows(shards: list[str], n: int) -> list[dict]:
@@ -40,13 +40,15 @@ TOP_BOXES = 5  # the trainer's targets per image (ModelConfig.max_target_boxes);
 def draw_overlay(row: dict, max_side: int = 448, top: int = TOP_BOXES) -> bytes:
     """PNG of the row's image with its ``top`` best boxes (xyxy normalised → pixels) and their labels.
 
-    Boxes are stored sorted by score (grain/schema.py); the first ``top`` are what training uses."""
-    from PIL import Image, ImageDraw
+    Boxes are stored sorted by score (grain/schema.py); the first ``top`` are what training uses.
+    The image is decoded the one way every stage does (grain.data.decode_image: ``MAX_PIXELS`` checked
+    from the header before any pixel is decoded, EXIF orientation = the shards' frame); an image over
+    the limit raises grain.data.ImageTooLarge naming the row's key."""
+    from PIL import ImageDraw
 
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-    from PIL import ImageOps
+    from grain.data import decode_image
 
-    img = ImageOps.exif_transpose(Image.open(io.BytesIO(row["image"]))).convert("RGB")  # the shards' frame
+    img = decode_image(row["image"], max_pixels=MAX_PIXELS, name=f"row {row.get('key')}")
     img.thumbnail((max_side, max_side))
     w, h = img.size
     draw = ImageDraw.Draw(img)
@@ -73,11 +75,18 @@ def overlay_markdown(rows: list[dict], folder: str, link) -> str:
     """Write one PNG per row into ``folder``; markdown with the images (``link(name)`` → URL) and texts."""
     parts = ["# Annotation samples", "", f"The {TOP_BOXES} best boxes above the detector threshold (the trainer's targets), "
              "labelled with their description and score."]
+    from grain.data import ImageDecodeError
+
     for row in rows:
         name = f"{row['key']}.png"
-        with open(os.path.join(folder, name), "wb") as fh:
-            fh.write(draw_overlay(row))
         n = len(row["boxes"] or [])
+        try:
+            png = draw_overlay(row)
+        except ImageDecodeError as e:  # one undrawable image must not lose the report
+            parts += ["", f"### `{row['key']}` — not drawn: {_cell(str(e))}"]
+            continue
+        with open(os.path.join(folder, name), "wb") as fh:
+            fh.write(png)
         parts += ["", f"### `{row['key']}` — {min(n, TOP_BOXES)} of {n} boxes shown", "", f"![{row['key']}]({link(name)})", "",
                   f"- alt-text: {_cell(row['source_caption'])}", f"- MLLM caption: {_cell(row['mllm_caption'])}",
                   f"- descriptions: {_cell('; '.join(row['descriptions'] or []))}"]

@@ -86,6 +86,32 @@ def test_overlay_draws_boxes_in_the_decoded_frame(tmp_path):
     assert edge == visuals._PALETTE[0]
 
 
+def test_overlay_applies_the_pixel_limit_before_decoding(tmp_path, monkeypatch):
+    """An image over visuals.MAX_PIXELS is refused from its header (PIL's own bomb check would let
+    anything up to twice its limit decode, with a warning); the markdown says so instead of drawing it."""
+    import io
+
+    from PIL import Image
+
+    from flows import visuals
+    from grain.data import ImageTooLarge
+
+    buf = io.BytesIO()
+    Image.new("RGB", (50, 30)).save(buf, format="PNG")  # 1500 pixels: over 1000, under PIL's 2x
+    row = {"key": "k1", "image": buf.getvalue(), "boxes": [[0.1, 0.1, 0.5, 0.5]], "box_scores": [0.9],
+           "box_desc_index": [0], "descriptions": ["a box"], "source_caption": "", "mllm_caption": ""}
+    monkeypatch.setattr(visuals, "MAX_PIXELS", 1000)
+    loads, real_load = [], Image.Image.load
+    monkeypatch.setattr(Image.Image, "load", lambda self: loads.append(self.size) or real_load(self))
+    with pytest.raises(ImageTooLarge, match="row k1: 50×30"):
+        visuals.draw_overlay(row)
+    assert loads == []  # no pixel decoded
+    md = visuals.overlay_markdown([row], str(tmp_path), lambda n: n)
+    assert "`k1` — not drawn" in md and "exceeds the limit of 1000" in md and os.listdir(tmp_path) == []
+    monkeypatch.setattr(visuals, "MAX_PIXELS", 1500)
+    assert Image.open(io.BytesIO(visuals.draw_overlay(row))).size == (50, 30)  # at the limit: drawn
+
+
 def test_report_annotation_creates_table_and_overlay_artifacts(prefect_api, tmp_path, monkeypatch):
     from prefect import flow
     from prefect.client.orchestration import get_client
