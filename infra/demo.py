@@ -59,6 +59,26 @@ def prepare_inputs(limit: int, corpus_dir: str) -> dict:
     return info
 
 
+def demo_device() -> tuple[str, dict]:
+    """The device the demo's tiny models run on, and the stage overrides that put them there.
+
+    ``("cpu", {})`` without CUDA; with it, the describer (vLLM) and the grounder share GPU 0 (fractions
+    of it, a small vLLM memory share: the models are tiny) and training runs one worker per GPU (≤ 2).
+    """
+    import torch
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if n == 0:
+        return "cpu", {}
+    label = f"cuda ({n} × {torch.cuda.get_device_name(0)})"
+    return label, {
+        "annotate": {"run": {"describer_gpus": 0.5, "grounder_gpus": 0.25, "grounder_cpu_affinity": None},
+                     "models": {"gpu_memory_utilization": 0.3}},
+        "train": {"use_gpu": True, "workers": min(2, n)},
+        "eval": {"device": "cuda"},
+    }
+
+
 def child_runs(api_url: str, flow_run_id: str) -> list[dict]:
     """The subflow runs of ``flow_run_id`` (name, flow, state, seconds, UI url), oldest first."""
     import urllib.request
@@ -155,8 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     train = {"epochs": args.epochs}
     if args.max_steps:
         train["max_steps"] = args.max_steps
-    params = {"input": corpus, "workdir": workdir,
-              "overrides": {"train": train, "eval": {"limit": args.eval_limit}}}
+    device, placed = demo_device()
+    train.update(placed.get("train", {}))
+    overrides = {"train": train, "eval": {"limit": args.eval_limit, **placed.get("eval", {})}}
+    if "annotate" in placed:
+        overrides["annotate"] = placed["annotate"]
+    params = {"input": corpus, "workdir": workdir, "overrides": overrides}
+    print(f"[demo] device: {device} (describer, grounder, trainer, evaluation)", flush=True)
     print(f"[demo] corpus: {info.get('samples')} images in {info.get('shards')} shards; triggering "
           "grain-pipeline/grain-pipeline (annotate → pretrain → evaluate) ...", flush=True)
     t0 = time.time()
@@ -169,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     run_s, cpu_s = time.time() - t0, meter.cpu_seconds
     ok = run["state"] == "COMPLETED"
     enough = report(workdir, cfg.api_url, run, cfg, min_fraction=0.9) if ok else False
-    print(f"\n[demo] pipeline run {run['state_name']} in {run_s:.0f} s ({cpu_s:.0f} CPU s in the stack, i.e. "
+    print(f"\n[demo] device used: {device}")
+    print(f"[demo] pipeline run {run['state_name']} in {run_s:.0f} s ({cpu_s:.0f} CPU s in the stack, i.e. "
           f"≥ {cpu_s / max(1, os.cpu_count() or 1):.0f} s on {os.cpu_count()} idle cores); demo total {time.time() - t_start:.0f} s")
     print("[demo] the stack keeps running for the UI; stop it with:  grain stack down")
     if not ok:
