@@ -54,21 +54,29 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None, dashboar
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
         return True
-    kwargs = {"include_dashboard": bool(dashboard)}
-    if dashboard:
-        kwargs["dashboard_host"] = "127.0.0.1"
-    # ray.init turns a loopback _node_ip_address into the machine's external address unless Ray runs in
-    # its single-machine mode (ray_constants.ENABLE_RAY_CLUSTER false, as on macOS/Windows; env var
-    # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0): switch that on for this start so every component gets 127.0.0.1.
-    from ray._private import ray_constants
-
-    saved = ray_constants.ENABLE_RAY_CLUSTER
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
-        ctx = ray.init(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1", _temp_dir=local_temp_dir(),
-                       log_to_driver=False, runtime_env=runtime_env, **kwargs)
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = saved
+    ctx = init_loopback_ray(num_cpus=num_cpus, _temp_dir=local_temp_dir(), log_to_driver=False,
+                            runtime_env=runtime_env, include_dashboard=bool(dashboard))
     if dashboard:
         print(f"Ray dashboard: http://{ctx.dashboard_url}", flush=True)
     return True
+
+
+def init_loopback_ray(**init_kwargs):
+    """``ray.init(address="local", **init_kwargs)`` with every listening socket on 127.0.0.1: GCS, raylet,
+    object manager, workers, and the dashboard agent (its HTTP and gRPC servers bind the node's IP, or
+    all interfaces when that IP is not loopback) and the dashboard when included. Returns Ray's context.
+    The test suite's session cluster starts this way too (tests/conftest.py)."""
+    import ray
+    from ray._private import ray_constants
+
+    if init_kwargs.get("include_dashboard"):
+        init_kwargs.setdefault("dashboard_host", "127.0.0.1")
+    # ray.init turns a loopback _node_ip_address into the machine's external address unless Ray runs in
+    # its single-machine mode (ray_constants.ENABLE_RAY_CLUSTER false, as on macOS/Windows; env var
+    # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0): switch that on for this start so every component gets 127.0.0.1.
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        return ray.init(address="local", _node_ip_address="127.0.0.1", **init_kwargs)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved

@@ -38,3 +38,33 @@ def test_local_ray_is_private():
     assert info["temp"] == os.path.join(cache, "ray")
     assert not info["webui"]  # no dashboard unless asked
     assert info["started_again"] is False  # an initialised Ray is reused, not restarted
+
+
+def test_session_cluster_listens_on_loopback_only(ray_local):
+    """The suite's shared cluster (tests/conftest.py ``ray_local``) keeps every listening socket on
+    loopback, its dashboard agent's included: that agent binds the node's IP for HTTP and all
+    interfaces for gRPC whenever the node's IP is not loopback, which is what a plain
+    ``ray.init(address="local")`` gives it."""
+    import time
+
+    import psutil
+
+    me = psutil.Process()
+    deadline = time.time() + 60  # the agent may still be starting on a loaded machine
+    while True:
+        procs = {p.pid: p for p in me.children(recursive=True)}
+        agents = set()
+        for pid, p in procs.items():
+            try:
+                if any("DashboardAgent" in a or a.endswith("dashboard/agent.py") for a in p.cmdline()):
+                    agents.add(pid)
+            except psutil.Error:
+                continue
+        listen = {(c.laddr.ip, c.laddr.port, c.pid) for c in psutil.net_connections("inet")
+                  if c.status == psutil.CONN_LISTEN and c.pid in procs}
+        if {pid for *_, pid in listen} & agents or time.time() > deadline:
+            break
+        time.sleep(0.5)
+    assert {pid for *_, pid in listen} & agents, f"no dashboard agent listening among {len(procs)} processes: nothing checked"
+    exposed = sorted((ip, port) for ip, port, _ in listen if ip not in ("127.0.0.1", "::1", "::ffff:127.0.0.1"))
+    assert not exposed, f"the session cluster listens beyond loopback: {exposed}"
