@@ -26,8 +26,7 @@ LICENCES = ("Images of the demo corpus and the local evaluation sets carry their
 
 def export_checkpoint(checkpoint: str, output: str, eval_results: str | None = None) -> dict:
     """Write the export folder of ``checkpoint`` (a ``final.pt``) into ``output``; return ``{name: path}``."""
-    from grain.checkpoint import load_checkpoint
-    from grain.checkpoint import unwrapped_state_dict
+    from grain.checkpoint import load_checkpoint, unwrapped_state_dict
     from grain.openclip_format import model_cfg, write_weights
 
     model, cfg, extra = load_checkpoint(checkpoint)
