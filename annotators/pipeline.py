@@ -138,6 +138,17 @@ def grounder_kwargs(cfg: AnnotateConfig, models: dict) -> dict:
             "dtype": None if m.detector_dtype == "float32" else m.detector_dtype}  # None: the Grounder's float32
 
 
+def describer_kwargs(cfg: AnnotateConfig, models: dict) -> dict:
+    """Keyword arguments of ``annotators.describer.Describer`` (besides the model and family) for this run."""
+    m = cfg.models
+    return {"max_new_tokens": m.max_new_tokens, "max_descriptions": m.max_descriptions,
+            "enforce_eager": m.enforce_eager, "max_model_len": m.max_model_len,
+            "gpu_memory_utilization": m.gpu_memory_utilization,
+            "structured_output": m.structured_output, "structured_output_backend": m.structured_output_backend,
+            "caption_max_chars": m.caption_max_chars, "description_max_chars": m.description_max_chars,
+            "revision": models.get("mllm_revision"), **m.extra_engine_args}
+
+
 def reblock(ds, rows: int, num_cpus: float):
     """``ds.repartition(target_num_rows_per_block=rows)`` whose tasks ask for ``num_cpus`` CPUs, like the
     pipeline's other tasks (``run.task_cpus``).
@@ -185,17 +196,11 @@ def build_dataset(cfg: AnnotateConfig, shards: list, models: dict):
                         num_cpus=run.task_cpus, fn_kwargs={"max_image_pixels": cfg.limits.max_image_pixels,
                                                            "min_image_side": cfg.limits.min_image_side})
     ds = reblock(ds, run.batch_size, run.task_cpus)
-    describer_kwargs = {"max_new_tokens": m.max_new_tokens, "max_descriptions": m.max_descriptions,
-                        "enforce_eager": m.enforce_eager, "max_model_len": m.max_model_len,
-                        "gpu_memory_utilization": m.gpu_memory_utilization,
-                        "structured_output": m.structured_output, "structured_output_backend": m.structured_output_backend,
-                        "caption_max_chars": m.caption_max_chars, "description_max_chars": m.description_max_chars,
-                        "revision": models.get("mllm_revision"), **m.extra_engine_args}
     ds = ds.map_batches(
         stages.DescribeStage, batch_size=run.batch_size, batch_format="pyarrow",
         compute=ActorPoolStrategy(min_size=1, max_size=max(1, run.describer_actors)),
         num_cpus=run.describer_cpus, num_gpus=run.describer_gpus or None,
-        fn_constructor_kwargs={"model": models["mllm"], "family": m.mllm_family, "describer_kwargs": describer_kwargs,
+        fn_constructor_kwargs={"model": models["mllm"], "family": m.mllm_family, "describer_kwargs": describer_kwargs(cfg, models),
                                "max_descriptions": m.max_descriptions, "threads": run.threads_per_actor,
                                "inject": inject, "max_restarts": run.max_restarts, "cpu_bind": run.describer_cpu_bind})
     ds = ds.map_batches(

@@ -16,6 +16,7 @@ beside the commands that run the project (stack, demo), not in the pure library 
     grain bench novel-concepts     novel classes recognised by their descriptions only
     grain config show STAGE        every run-config key of annotate|train|eval|bench|bench-novel: type, default, meaning
     grain demo                     set up nothing, run the demo pipeline on the local stack
+    grain plan --input S --images N --profile P   what a corpus costs, measured on this machine
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("benchmarks.cli:main", "benchmarks: `grain bench grounding|novel-concepts`"),
     "config": ("infra.config_cmd:main", "`grain config show STAGE`: every run-config key, its type, default, meaning"),
     "demo": ("infra.demo:main", "run the demo pipeline through the local stack"),
+    "plan": ("infra.plan:main", "GPU-hours, wall time, storage and cost of a corpus, from a probe run or --rates"),
 }
 
 
