@@ -6,7 +6,8 @@ Parameters: ``config`` (training run file; default the tiny profile), ``override
 values, e.g. ``{"optim": {"lr": 5e-4}, "max_steps": 20}``), and ``data``/``output`` shortcuts for
 ``data.path``/``output``. The UI gets: a progress bar (steps done of the planned steps), the loss
 curves (PNG written by the trainer, served by the stack's artifact server), a table of the first and
-last metrics, and a link to the Ray dashboard.
+last metrics, a link to the Ray dashboard, and the exported model folder (``<output>/export``, `grain
+export`) with its model card.
 """
 
 from __future__ import annotations
@@ -103,6 +104,29 @@ def report_training(result: dict) -> dict:
             "curves_markdown": lines[-1]}
 
 
+OPEN_CLIP_LINE = "model, preprocess, tokenizer = grain.hub.load({folder!r})"
+
+
+@task(log_prints=True)
+def export_model(result: dict) -> dict:
+    """`grain export` of the final checkpoint into ``<output>/export``; a markdown artifact links the folder
+    and shows its model card. An object-store output is left unexported (the export writes local files)."""
+    ckpt = result.get("final_checkpoint")
+    if not ckpt or not storage.is_local(ckpt):
+        print(f"not exported: {ckpt} is not a local file (run `grain export` on a local copy)")
+        return {"export": None}
+    folder = os.path.join(os.path.dirname(ckpt), "export")
+    paths = stages.export_model(ckpt, folder)
+    with open(paths["README.md"], encoding="utf-8") as f:
+        card = f.read()
+    line = OPEN_CLIP_LINE.format(folder=folder)
+    create_markdown_artifact(key="model-export", description="Exported model folder (open_clip / Hugging Face Hub)",
+                             markdown="\n".join([f"# Exported model: `{folder}`", "", f"- model card: `{paths['README.md']}`",
+                                                 f"- load: `import grain.hub; {line}`", "", "---", "", card]))
+    print(f"exported {folder}; load it with: import grain.hub; {line}")
+    return {"export": folder, "model_card": paths["README.md"], "load_line": line}
+
+
 @flow(name="pretrain-grain", log_prints=True)
 def pretrain_grain(config: str | None = None, overrides: dict | None = None, data: str | None = None,
                    output: str | None = None) -> dict:
@@ -115,8 +139,9 @@ def pretrain_grain(config: str | None = None, overrides: dict | None = None, dat
     common.link_ray_dashboard()
     result = train(config, overrides)
     summary = report_training(result)
+    exported = export_model(result)
     get_run_logger().info("checkpoint %s after %s steps", summary["checkpoint"], summary["steps"])
-    return {**result, **summary, **common.run_info()}
+    return {**result, **summary, **exported, **common.run_info()}
 
 
 if __name__ == "__main__":

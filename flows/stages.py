@@ -73,3 +73,10 @@ def run_eval(config: str | None, overrides: Mapping | None = None) -> dict:
     from evaluation.runner import run_eval as entry
 
     return entry(eval_config(config, overrides))
+
+
+def export_model(checkpoint: str, output: str) -> dict:
+    """``evaluation.export.export_checkpoint`` (``grain export`` calls it): ``{file name: path}`` of the folder."""
+    from evaluation.export import export_checkpoint
+
+    return export_checkpoint(checkpoint, output)
