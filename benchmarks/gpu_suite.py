@@ -203,6 +203,51 @@ def _describe_runs(llm, prompts, lengths, n_images, out) -> None:
                             "fraction_of_ceiling": (toks / wall) / ceil["tokens_per_s"]})
 
 
+def describer_hf_run(tiny: bool, tmp: str) -> dict:
+    """Part ``describer_hf``: transformers' ``generate`` on the same random-weight LLaVA-1.5-7B architecture,
+    bf16, one batch, output length forced. A LOWER BOUND, not the production engine (vLLM: continuous
+    batching, paged KV cache); it exists for machines without vLLM."""
+    import torch
+    from PIL import Image
+    from transformers import AutoProcessor, LlavaConfig, LlavaForConditionalGeneration
+
+    from annotators.prompts import DESCRIBE_QUESTION, REQUEST_BUILDERS
+
+    model_dir = write_llava_dir(os.path.join(tmp, "llava-1.5-7b-shape-hf"), tiny)
+    device = "cpu" if tiny or not torch.cuda.is_available() else "cuda"
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = LlavaForConditionalGeneration._from_config(LlavaConfig.from_pretrained(model_dir), dtype=torch.bfloat16)
+    model.eval()
+    proc = AutoProcessor.from_pretrained(model_dir)
+    proc.tokenizer.padding_side = "left"
+    prompt = REQUEST_BUILDERS["llava"](DESCRIBE_QUESTION).prompt
+    batch, lengths, side = (2, (8,), 64) if tiny else (64, (100, 256), 336)
+    images = [Image.new("RGB", (side, side), ((37 * i) % 256, (91 * i) % 256, 128)) for i in range(batch)]
+    inputs = proc(text=[prompt] * batch, images=images, return_tensors="pt", padding=True).to(device)
+    inputs["pixel_values"] = inputs["pixel_values"].to(torch.bfloat16)
+    out = {"engine": "transformers generate (lower bound, not vLLM)", "device": device, "batch": batch, "runs": []}
+    with torch.inference_mode():
+        model.generate(**inputs, max_new_tokens=2, min_new_tokens=2, do_sample=False)  # warm-up
+        for n_out in lengths:
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            gen = model.generate(**inputs, max_new_tokens=n_out, min_new_tokens=n_out, do_sample=False)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            wall = time.perf_counter() - t0
+            toks = batch * (gen.shape[1] - inputs["input_ids"].shape[1])
+            ceil = decode_ceiling(batch=batch, out_tokens=n_out)
+            out["runs"].append({"out_tokens": n_out, "seconds": wall, "images_per_s": batch / wall,
+                                "output_tokens_per_s": toks / wall, "ceiling_tokens_per_s_at_this_batch": ceil["tokens_per_s"],
+                                "fraction_of_ceiling": (toks / wall) / ceil["tokens_per_s"]})
+    del model
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------
 # part 3: grounder (OWLv2-B/16 at 960 px, random weights, bf16)
 # ---------------------------------------------------------------------------------------------------
@@ -286,19 +331,30 @@ def data_path_run(tiny: bool, tmp: str) -> dict:
     return out
 
 
+def _hardware() -> str:
+    import torch
+
+    gpu = f"{torch.cuda.device_count()} × {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "no GPU"
+    return f"{gpu}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tiny", action="store_true", help="tiny shapes on CPU: check the script, measure nothing")
     p.add_argument("--parts", nargs="+", default=["train", "describer", "grounder", "data"],
-                   choices=["train", "describer", "grounder", "data"])
+                   choices=["train", "describer", "describer_hf", "grounder", "data"],
+                   help="describer_hf: transformers generate, a lower bound for machines without vLLM")
     p.add_argument("--json", required=True)
     args = p.parse_args(argv)
     import tempfile
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    res = {"tiny": args.tiny, "ceilings": ceilings(), "started": time.time()}
-    parts = {"train": train_arms, "describer": describer_run, "grounder": grounder_run, "data": data_path_run}
+    res = {"tiny": args.tiny, "ceilings": ceilings(), "started": time.time(), "hardware": _hardware(),
+           "command": " ".join(["python", "benchmarks/gpu_suite.py", *(argv if argv is not None else sys.argv[1:])]),
+           "commit": os.environ.get("GRAIN_COMMIT"), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    parts = {"train": train_arms, "describer": describer_run, "describer_hf": describer_hf_run,
+             "grounder": grounder_run, "data": data_path_run}
     with tempfile.TemporaryDirectory(prefix="grain-gpu-suite-") as tmp:
         for name in args.parts:
             t0 = time.perf_counter()
