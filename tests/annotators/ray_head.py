@@ -1,5 +1,11 @@
 """A throwaway `ray start --head` for tests: 127.0.0.1 only, free ports, own short temp dir, stopped by PID
-(never `ray stop`, which would kill every Ray on the machine)."""
+(never `ray stop`, which would kill every Ray on the machine).
+
+Loopback only: `ray start` swaps `--node-ip-address 127.0.0.1` for the machine's external address (its
+dashboard agent then serves on that address and on all interfaces) unless Ray runs in its single-machine
+mode, ``LOOPBACK_ENV``. Drivers of this head need the same variable, or they look for their raylet on the
+external address: callers pass ``LOOPBACK_ENV`` to them. Once up, every listening socket of the head's
+process tree is checked to be on loopback."""
 
 from __future__ import annotations
 
@@ -12,6 +18,22 @@ import tempfile
 import time
 
 import psutil
+
+
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # Ray's single-machine mode: node IP stays 127.0.0.1
+LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
+
+
+def exposed_sockets(pid: int) -> list[tuple[str, int, str]]:
+    """(address, port, process name) of each listening socket of ``pid``'s tree that is not on loopback."""
+    tree = {pid: psutil.Process(pid)}
+    tree.update({q.pid: q for q in tree[pid].children(recursive=True)})
+    out = []
+    for c in psutil.net_connections("inet"):
+        if c.status == psutil.CONN_LISTEN and c.pid in tree and c.laddr.ip not in LOOPBACK:
+            with contextlib.suppress(psutil.Error):
+                out.append((c.laddr.ip, c.laddr.port, tree[c.pid].name()))
+    return sorted(out)
 
 
 def free_port() -> int:
@@ -30,7 +52,7 @@ def ray_head(num_cpus: int = 2, env: dict | None = None, timeout: float = 120):
            "--disable-usage-stats", f"--temp-dir={tmp}", f"--num-cpus={num_cpus}", "--block",
            f"--ray-client-server-port={free_port()}", f"--node-manager-port={free_port()}",
            f"--object-manager-port={free_port()}"]
-    env = {**os.environ, **(env or {})}
+    env = {**os.environ, **LOOPBACK_ENV, **(env or {})}
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     addr = f"127.0.0.1:{port}"
     try:
@@ -43,6 +65,9 @@ def ray_head(num_cpus: int = 2, env: dict | None = None, timeout: float = 120):
             if time.time() > deadline or p.poll() is not None:
                 raise RuntimeError(f"ray start --head on {addr} did not come up: {r.stderr[-1500:]}")
             time.sleep(2)
+        exposed = exposed_sockets(p.pid)
+        if exposed:
+            raise RuntimeError(f"ray start --head on {addr} listens beyond loopback: {exposed}")
         yield addr
     finally:
         procs = [psutil.Process(p.pid)] if p.poll() is None else []

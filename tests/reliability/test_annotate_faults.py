@@ -119,9 +119,9 @@ def test_faults_then_sigkilled_driver_then_resume_on_a_cluster_gives_every_row_o
     committed_keys = {k for f in done_at_kill for k in read_table(os.path.join(out, f[: -len(".done")])).column("key").to_pylist()}
     crash_key = sorted(k for k, e in corpus.expected.items() if e.status == "ok" and k not in committed_keys and k != failing)[0]
     inject.update(crash_key=crash_key, crash_marker=marker, crash_stage="ground", describe_delay_s=0)
-    from tests.annotators.ray_head import ray_head
+    from tests.annotators.ray_head import LOOPBACK_ENV, ray_head
 
-    head_env = {"RAY_AUTH_MODE": "disabled"}
+    head_env = {"RAY_AUTH_MODE": "disabled", **LOOPBACK_ENV}  # the driver joins a loopback-only head
     with ray_head(env=head_env) as addr:
         r = subprocess.run(_cmd(inp, out, "--ray-address", addr, "--set", f"run.inject={json.dumps(inject)}"),
                            env={**env, **head_env}, capture_output=True, text=True, timeout=400, start_new_session=True)
