@@ -52,6 +52,12 @@ def _pct(x) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
 
 
+def _chance(classes) -> str:
+    if not isinstance(classes, int) or classes < 1:
+        return "–"
+    return f"{_pct(1 / classes)} / {_pct(min(1.0, 5 / classes))}"
+
+
 def markdown_table(run: dict) -> str:
     """Classification: one row per data set, acc1/acc5 per variant; retrieval: R@1/5/10 both ways."""
     lines = [f"# Evaluation of `{run.get('model', '?')}`", ""]
@@ -59,15 +65,19 @@ def markdown_table(run: dict) -> str:
     if cls:
         variants = list(dict.fromkeys(r["variant"] for r in cls))
         lines += ["## Zero-shot classification (top-1 / top-5, %)", "",
-                  "| data set | classes | images | " + " | ".join(variants) + " |",
-                  "|---|---:|---:|" + "---:|" * len(variants)]
+                  "| data set | classes | images | chance | " + " | ".join(variants) + " |",
+                  "|---|---:|---:|---:|" + "---:|" * len(variants)]
         for ds in dict.fromkeys(r["dataset"] for r in cls):
             by_v = {r["variant"]: r for r in cls if r["dataset"] == ds}
             first = next(iter(by_v.values()))
             cells = [f"{_pct(by_v[v]['metrics'].get('acc1'))} / {_pct(by_v[v]['metrics'].get('acc5'))}" if v in by_v else "–"
                      for v in variants]
-            lines.append(f"| {ds} | {first.get('classes', '?')} | {first['metrics'].get('n', '?')} | " + " | ".join(cells) + " |")
-        lines.append("")
+            lines.append(f"| {ds} | {first.get('classes', '?')} | {first['metrics'].get('n', '?')} | {_chance(first.get('classes'))} | "
+                         + " | ".join(cells) + " |")
+        # A number without its chance level reads as a result; the tiny profile is expected to sit at it.
+        lines += ["", "Chance: top-1 / top-5 of a random ranking (1/classes, 5/classes). A model of the tiny profile "
+                  "(random-weight annotators, ~100 training rows) is expected at chance; the benchmarks where the "
+                  "model does learn are `grain bench grounding` and `grain bench novel-concepts` (README, Benchmarks).", ""]
     ret = [r for r in run["results"] if r["task"] == "zeroshot_retrieval"]
     if ret:
         lines += ["## Retrieval (recall@k, %)", "",

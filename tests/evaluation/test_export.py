@@ -149,7 +149,7 @@ def test_model_card_and_run_config(runs):
     folder = _export(root, r["grain"], "card-export", "--eval", str(main_eval))
     card = open(os.path.join(folder, "README.md")).read()
     for section in ("## Architecture", "## Training data and recipe", "## Evaluation", "## Licence of the data sources",
-                    "## Intended use and limits", "squash resize", "grain.hub.load", "| flags |"):
+                    "## Intended use and limits", "squash resize", "grain.hub.load", "| flags | 24 | 24 | 4.2 / 20.8 |"):
         assert section in card, section
     rc = json.load(open(os.path.join(folder, "run_config.json")))
     assert rc["counters"]["step"] == 2 and rc["train_config"]["max_steps"] == 2 and rc["model_config"]["kind"] == "grain"
