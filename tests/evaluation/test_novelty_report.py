@@ -63,7 +63,7 @@ def _run(name, acc):
 def test_outputs_and_comparison(tmp_path):
     paths = report.write_outputs(_run("grain", 0.5), str(tmp_path / "a"))
     md = open(paths["markdown"]).read()
-    assert "| toy | 3 | 6 | 50.0 / 100.0 | 60.0 / 100.0 |" in md
+    assert "| toy | 3 | 6 | 33.3 / 100.0 | 50.0 / 100.0 | 60.0 / 100.0 |" in md  # chance (1/C, 5/C) beside each result
     assert "| shards | 4 | 8 | 25.0 |" in md and "| toy | 2 | 1 | 50.0 | 0.0 |" in md
     assert json.load(open(paths["json"]))["results"][0]["metrics"]["acc1"] == 0.5
     report.write_outputs(_run("clip", 0.25), str(tmp_path / "b"))
