@@ -3,7 +3,7 @@
     cfg = load_config(profile="tiny", path="configs/annotate-tiny.yaml", overrides=["run.batch_size=8"])
 
 Profiles (docs/ARCHITECTURE.md): ``tiny`` uses the locally built random-weight checkpoints
-(``models.mllm: tiny``), ``paper`` the real model ids (METHOD.md §1). A run file only needs the
+(``models.mllm: tiny``), ``paper`` the real model ids (docs/method.md §1). A run file only needs the
 fields it changes. Loading, ``--set`` parsing, type coercion and error messages are grain/runconfig.py's,
 the same for every stage: an unknown key or a wrong type is an error naming the key, the value and the
 file, flag or flow parameter it came from. Limits the shard schema enforces (grain/schema.py) are checked
@@ -34,7 +34,7 @@ OneOrList = Annotated[list, BeforeValidator(lambda v: [v] if isinstance(v, (str,
 
 @dataclass
 class ModelsConfig:
-    """Which models annotate, and how they are called (METHOD.md §1)."""
+    """Which models annotate, and how they are called (docs/method.md §1)."""
 
     __pydantic_config__ = STRICT_KEYS
 
@@ -53,8 +53,8 @@ class ModelsConfig:
     structured_output_backend: str = "guidance"  # vLLM backend: guidance (llguidance) | xgrammar | auto
     caption_max_chars: int = 300  # regex bound on the caption line (structured_output only)
     description_max_chars: int = 80  # regex bound on each bullet (structured_output only)
-    max_descriptions: int = MAX_DESCRIPTIONS  # METHOD.md §1: descriptions per image (prompt + parser); ≤ schema's cap
-    box_threshold: float = 0.3  # METHOD.md §1: keep boxes whose best description score > 0.3
+    max_descriptions: int = MAX_DESCRIPTIONS  # docs/method.md §1.1: per image (prompt + parser); ≤ schema's cap
+    box_threshold: float = 0.3  # docs/method.md §1.3: keep boxes whose best description score > 0.3
     max_boxes: int = MAX_BOXES  # stored per image, sorted by score (≤ the schema's cap); the trainer takes the top 5
     # OWLv2 weights/activations: bfloat16 is ≈5× faster on an H200 (annotators/grounder.py); CPU: float32.
     detector_dtype: Literal["float32", "bfloat16"] = "float32"
@@ -81,7 +81,8 @@ class LimitsConfig:
 
 @dataclass
 class RunConfig:
-    """How the Ray Data job is shaped. CPU fractions matter on small nodes (docs: STACK.md, Ray)."""
+    """How the Ray Data job is shaped. CPU fractions matter on small nodes: two actors holding a whole CPU each
+    on a 2-CPU node leave the read/decode tasks none, and the job stalls."""
 
     __pydantic_config__ = STRICT_KEYS
 

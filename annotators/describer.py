@@ -1,4 +1,4 @@
-"""MLLM describer (METHOD.md §1.1): one vLLM prompt per image → dense caption + short descriptions.
+"""MLLM describer (docs/method.md §1.1): one vLLM prompt per image → dense caption + short descriptions.
 
     d = Describer("/path/to/llava", enforce_eager=True)      # family auto-detected from config.json
     outs = d.describe([pil_image, ...])                      # list[DescriberOutput], same order

@@ -1,4 +1,4 @@
-"""OWLv2 grounder (METHOD.md §1.2): an image's descriptions as text queries → labelled boxes.
+"""OWLv2 grounder (docs/method.md §1.3): an image's descriptions as text queries → labelled boxes.
 
     g = Grounder("/path/to/owlv2")                        # or "google/owlv2-base-patch16-ensemble"
     outs = g.ground([pil, ...], [["a red bus", ...], ...])  # list[GroundingOutput], same order
@@ -7,7 +7,7 @@ Rules: every predicted box whose best description score (sigmoid) is > ``thresho
 labelled with the argmax description; sorted by score, at most ``max_boxes``. NMS per description is
 an option (off: the release has none). An image without descriptions gets no boxes and costs no call.
 
-Box frame (METHOD.md §1 "one frame everywhere"): OWLv2's processor pads the image at the bottom/right
+Box frame (docs/method.md §1.4, one frame for every box): OWLv2's processor pads the image at the bottom/right
 to a square of side ``max(w, h)`` and predicts boxes normalised to that square. We map them to
 **xyxy normalised in the decoded image**: x · max(w, h) / w, y · max(w, h) / h, clipped to [0, 1];
 boxes that become empty (entirely in the padding) or inverted are dropped.

@@ -1,4 +1,4 @@
-"""The annotation job on Ray Data (METHOD.md §1), and ``run_annotation(cfg) -> summary`` for flows/CLI.
+"""The annotation job on Ray Data (docs/method.md §1), and ``run_annotation(cfg) -> summary`` for flows/CLI.
 
     input shards ──read (tasks, one shard each)──▶ records ──decode (tasks, bounded)──▶ blocks of batch_size
         ──▶ DescribeStage actor pool (vLLM) ──▶ GroundStage actor pool (OWLv2)

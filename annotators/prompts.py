@@ -3,7 +3,7 @@
 Modelled on vLLM's ``examples/offline_inference/vision_language.py``: one function per family gives
 the prompt text with that family's image placeholder, stop strings and the engine arguments the
 family needs (image limits explicit). One prompt asks for both the dense caption and the bullet
-list, so the image prefill is paid once per image (METHOD.md §1.1).
+list, so the image prefill is paid once per image (docs/method.md §1.1).
 
     req = REQUEST_BUILDERS["llava"](DESCRIBE_QUESTION)
     llm.generate([{"prompt": req.prompt, "multi_modal_data": {"image": pil}}], ...)

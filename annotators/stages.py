@@ -12,7 +12,7 @@ all-null or all-empty column would otherwise change type between blocks).
 
 The decoded image travels as raw RGB bytes (``rgb``: H·W·3 uint8, row-major, ``image_width`` ×
 ``image_height``) so both models see exactly the pixels decode_batch produced, decoded once; the
-Grounder drops it. Boxes here are normalised xyxy in that decoded frame (METHOD.md §1).
+Grounder drops it. Boxes here are normalised xyxy in that decoded frame (docs/method.md §1.4).
 """
 
 from __future__ import annotations
@@ -280,7 +280,7 @@ def _exit_on_engine_death(pid: int) -> None:
 
 
 class DescribeStage(_ModelStage):
-    """MLLM stage (METHOD.md §1 step 1): fills ``mllm_caption``, ``descriptions``, ``generated_tokens``."""
+    """MLLM stage (docs/method.md §1.1): fills ``mllm_caption``, ``descriptions``, ``generated_tokens``."""
 
     stage = "describe"
 
@@ -335,7 +335,7 @@ class DescribeStage(_ModelStage):
 
 
 class GroundStage(_ModelStage):
-    """Detector stage (METHOD.md §1 step 2): fills ``boxes`` (normalised xyxy), ``box_scores``,
+    """Detector stage (docs/method.md §1.3): fills ``boxes`` (normalised xyxy), ``box_scores``,
     ``box_desc_index``, sorted by score, at most ``max_boxes``; drops ``rgb``."""
 
     stage = "ground"

@@ -1,4 +1,4 @@
-"""Emoji metadata and fine-grained emoji evaluation sets (DATA.md: emoji in several styles).
+"""Emoji metadata and fine-grained emoji evaluation sets (emoji in several styles, from npm packages).
 
 Sources (npm packages installed under ``$GRAIN_CACHE/npm/node_modules`` by ``grain data build``):
 - ``emoji-datasource/emoji.json``: name, category, subcategory, unified code point, which styles exist;
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 STYLES = ("google", "twitter", "openmoji")
 
-# subset name -> predicate over an EmojiInfo. Sizes (both raster styles present) in DATA.md.
+# subset name -> predicate over an EmojiInfo. Class counts (both raster styles present): `grain data build` prints them.
 SUBSETS = {
     "animals": lambda e: e.category == "Animals & Nature" and e.subcategory.startswith("animal-"),
     "plants": lambda e: e.category == "Animals & Nature" and e.subcategory.startswith("plant-"),

@@ -1,4 +1,4 @@
-"""Country-flag evaluation set from the ``flag-icons`` npm package (DATA.md): naturally fine-grained.
+"""Country-flag evaluation set from the ``flag-icons`` npm package (MIT): naturally fine-grained.
 
 ``flag-icons/country.json`` gives code → name; ``flags/4x3/<code>.svg`` is rendered with cairosvg in
 its default *safe* mode (no external fetches, no XML entities) to a ``width`` × ``3/4·width`` PNG.

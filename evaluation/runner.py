@@ -1,6 +1,6 @@
 """`run_eval(cfg) -> run dict`: zero-shot classification, retrieval and novel concepts for one checkpoint.
 
-Per classification set, variants (METHOD.md §5):
+Per classification set, variants (docs/method.md §5):
 - ``names``: prompts = templates(class name); class vector = mean of normalised prompt embeddings;
 - ``descriptors``: prompts = template(c) + descriptor sentence, for every template × descriptor
   (grain.zeroshot's rule); classes without descriptors keep their name prompts;

@@ -1,4 +1,4 @@
-"""Typed configs of the GRAIN model and its losses (METHOD.md §2–§3).
+"""Typed configs of the GRAIN model and its losses (docs/method.md §2–§3).
 
 Config flows one way: a run file (YAML) → ``ModelConfig.preset(name, **overrides)`` /
 ``LossConfig(**d)`` → ``build_model(cfg)`` / ``GrainLoss(cfg)``. Both are plain dataclasses whose
@@ -39,17 +39,17 @@ class ModelConfig:
     embed_dim: int = 512  # D: shared image/text/region embedding width
 
     # Image tower (open_clip VisionTransformer): tokens = (image_size / patch_size)^2 + 1 (CLS).
-    image_size: int = 224  # squash-resize target in pixels (METHOD §4)
+    image_size: int = 224  # squash-resize target in pixels (docs/method.md §4.1)
     patch_size: int = 16  # ViT patch side in pixels
     vision_width: int = 768  # ViT width
     vision_layers: int = 12  # ViT blocks
     vision_heads: int = 12  # ViT attention heads
     vision_mlp_ratio: float = 4.0  # ViT MLP width / model width
-    vision_qk_norm: bool = True  # QK-LayerNorm (METHOD §2)
-    # The ViT's positional embedding: "learned" (METHOD §2 and the release: open_clip's learnable table,
+    vision_qk_norm: bool = True  # QK-LayerNorm (docs/method.md §2.1)
+    # The ViT's positional embedding: "learned" (the release, docs/method.md §2.1: open_clip's learnable table,
     # init std width^-0.5, weight-decayed) or "sincos2d" (MAE's fixed 2-D sin-cos table, CLS zero; a
     # frozen parameter under the same state-dict key, so not trained and not decayed). An experiment and
-    # a deviation from METHOD §2 (see docs/bench-grounding.md, "Position options"); it is a tower option,
+    # a deviation from the release (docs/method.md §6, docs/bench-grounding.md "Position options"); a tower option,
     # so it applies to kind="clip" as well and a comparison must set it for both arms.
     vision_pos_embed: str = "learned"
 
@@ -69,17 +69,17 @@ class ModelConfig:
     decoder_heads: int = 8  # region decoder attention heads
     decoder_ffn_dim: int = 2048  # region decoder feed-forward width
     decoder_dropout: float = 0.1  # region decoder dropout
-    # Positional encoding of the decoder's memory: "none" (METHOD.md §2 and the release: position reaches
+    # Positional encoding of the decoder's memory: "none" (the release, docs/method.md §2.2: position reaches
     # the decoder only through the ViT's own position embeddings), "sine" (DETR's fixed 2-D sine
     # encoding added to the cross-attention keys only, as in DETR) or "sine_kv" (the same encoding added
     # to the keys and the values, so what the queries read says where it came from). "sine"/"sine_kv"
-    # are experiments and deviations from METHOD §2, see docs/bench-grounding.md ("Position options").
+    # are experiments and deviations (docs/method.md §6), see docs/bench-grounding.md ("Position options").
     decoder_memory_pos: str = "none"
-    # Where the region queries come from: "learned" (METHOD.md §2 and the release: Q learned embeddings,
+    # Where the region queries come from: "learned" (the release, docs/method.md §2.2: Q learned embeddings,
     # the same for every image) or "two_stage" (Deformable DETR's two-stage selection: each patch token
     # scores "an object is centred here" and proposes a box; the Q best local maxima start the queries
     # and their boxes are refined; trained by LossConfig.lambda_proposal). An experiment and a deviation
-    # from METHOD §2 (docs/bench-grounding.md, "Two-stage region queries"); GRAIN only.
+    # from the release (docs/method.md §6; docs/bench-grounding.md, "Two-stage region queries"); GRAIN only.
     region_queries: str = "learned"
     # The two-stage proposal heads (region_queries="two_stage" only): "mlp" (each patch token alone: a
     # linear score and a 2-layer MLP box, as Deformable DETR) or "conv" (CenterNet's heads: 3×3 conv,

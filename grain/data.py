@@ -1,6 +1,6 @@
 """Pure preprocessing and collation (no Ray): shard rows → samples → training batches.
 
-One frame everywhere (METHOD.md §1): every stage decodes with ``decode_image`` (pixel limit,
+One frame for every box (docs/method.md §1.4): every stage decodes with ``decode_image`` (pixel limit,
 EXIF orientation applied, RGB). Boxes arrive as normalised xyxy in that decoded frame; the
 squash-resize to S×S keeps normalised coordinates, so only xyxy → cxcywh is needed.
 
@@ -90,7 +90,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: in
 
 def preprocess_image(image: Image.Image | bytes, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
     """PIL image or encoded bytes → Tensor[3, size, size]: squash-resize (aspect not kept) bicubic,
-    ImageNet mean/std (METHOD §4). Bytes go through ``decode_image``."""
+    ImageNet mean/std (docs/method.md §4.1). Bytes go through ``decode_image``."""
     if not isinstance(image, Image.Image):
         image = decode_image(image, max_pixels=max_pixels)
     elif image.mode != "RGB":
@@ -103,14 +103,14 @@ def preprocess_image(image: Image.Image | bytes, size: int, max_pixels: int = DE
 
 
 def use_alt_text(seed: int, epoch: int, key: str, alt_text_prob: float = 0.5) -> bool:
-    """The caption draw of METHOD §3 as a pure function of (seed, epoch, key): stable across processes
+    """The caption draw of docs/method.md §4.2 as a pure function of (seed, epoch, key): stable across processes
     and resumes (Python's ``hash`` is salted per process; a global RNG would depend on load order)."""
     h = hashlib.blake2b(f"{int(seed)}/{int(epoch)}/{key}".encode(), digest_size=8).digest()
     return int.from_bytes(h, "little") / 2.0**64 < alt_text_prob
 
 
 def choose_caption(row: Mapping, seed: int = 0, epoch: int = 0, alt_text_prob: float = 0.5) -> str | None:
-    """METHOD §3: the alt-text or the MLLM caption, drawn per (seed, epoch, key) with P(alt-text) =
+    """docs/method.md §4.2: the alt-text or the MLLM caption, drawn per (seed, epoch, key) with P(alt-text) =
     ``alt_text_prob`` (0.5: 50/50 each time a sample is loaded); whichever exists when only one does
     (stripped); None when neither does."""
     alt = (row.get("source_caption") or "").strip()

@@ -1,4 +1,4 @@
-"""The DETR-style region decoder of GRAIN (METHOD.md §2), decoder only.
+"""The DETR-style region decoder of GRAIN (docs/method.md §2.2), decoder only.
 
 Shapes: B images, T image tokens (197 for ViT-B/16: CLS + 14×14 patches, after the ViT's final
 norm), W vision width, d decoder width, Q region queries (+1 image query, last), D embed width.
@@ -7,7 +7,7 @@ norm), W vision width, d decoder width, Q region queries (+1 image query, last),
     targets start at zero, query embeddings nn.Embedding(Q+1, d)   [Q+1, d]
     6 × pre-norm layer: self-attn (query embed added to q, k) → cross-attn (added to q) → FFN (ReLU)
     a final LayerNorm (shared) on each layer's output
-    memory_pos="sine" (an option, off by default: not in METHOD.md §2 nor the release): DETR's fixed 2-D
+    memory_pos="sine" (an option, off by default: not in the release; docs/method.md §6): DETR's fixed 2-D
     sine encoding of each patch's grid position (zero for CLS) added to the cross-attention keys at
     every layer, values unchanged — as in DETR's decoder. No parameters: checkpoints are unchanged.
     memory_pos="sine_kv" (an option, off by default): the same encoding added to the memory itself, so to

@@ -1,9 +1,9 @@
-"""GRAIN's training objective (METHOD.md §3): L = L_ic + λ_box·(L1 + L_GIoU) + λ_rd·L_rd.
+"""GRAIN's training objective (docs/method.md §3): L = L_ic + λ_box·(L1 + L_GIoU) + λ_rd·L_rd.
 
 ``GrainLoss(cfg, rank, world_size)(outputs, batch)`` → ``dict[str, Tensor]`` with ``loss_ic``,
 ``loss_l1``, ``loss_giou``, ``loss_rd`` and ``loss`` (the weighted sum to back-propagate); with a
 two-stage decoder (``ModelConfig.region_queries``) also ``loss_prop_cls/l1/giou``, weighted by
-``lambda_proposal`` (a deviation from METHOD §3, off with the release's learned queries); with
+``lambda_proposal`` (a deviation from the release, docs/method.md §6; off with the release's learned queries); with
 ``cfg.aux_loss`` also ``loss_l1_i``/``loss_giou_i``/``loss_rd_i`` for each earlier decoder layer i
 (last decoder layer only by default, as the release).
 ``outputs`` is ``GrainModel.forward``'s dict, ``batch`` is ``grain.data.make_batch``'s.
@@ -20,7 +20,7 @@ terms alike by the world size, as in open_clip and DETR). To get there:
   boxes summed over ranks (clamped ≥ 1: no NaN when no rank has boxes). Their values are this
   rank's share: sum them over ranks for the global value.
 - ``loss_rd``: each matched region is scored against the descriptions of the target boxes of its
-  *local* batch (METHOD §3), so its candidate set depends on how the global batch is split. It is
+  *local* batch (docs/method.md §3.4), so its candidate set depends on how the global batch is split. It is
   normalised like L_box by the matched-pair count summed over ranks, so summed over ranks it is the
   mean over all matched pairs of the cross-entropy against their own rank's candidates. A single
   process reproduces a split exactly with ``rd_group`` (image → group id; candidates restricted to

@@ -1,4 +1,4 @@
-"""Hungarian matching of predicted region boxes to target boxes (METHOD.md §3), after DETR's matcher.
+"""Hungarian matching of predicted region boxes to target boxes (docs/method.md §3.2), after DETR's matcher.
 
 Per image, cost[q, t] = cost_l1 · ‖pred_q − tgt_t‖₁ (cxcywh) + cost_giou · (−GIoU(pred_q, tgt_t));
 boxes only (the descriptions play no part).

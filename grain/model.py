@@ -1,4 +1,4 @@
-"""GRAIN (METHOD.md §2) and the CLIP-only baseline behind one interface.
+"""GRAIN (docs/method.md §2) and the CLIP-only baseline behind one interface.
 
 ``build_model(cfg)`` → ``GrainModel``. Towers are open_clip's own modules (3.x):
 ``VisionTransformer`` with ``qk_norm=True`` (QK-LayerNorm) and the CLIP ``TextTransformer``.
@@ -135,7 +135,7 @@ class GrainModel(nn.Module):
 
     # -------------------------------------------------------------------------------- training
     def scale(self) -> torch.Tensor:
-        """exp(logit_scale), with the parameter clamped to ≤ ln(100) (METHOD §2)."""
+        """exp(logit_scale), with the parameter clamped to ≤ ln(100) (docs/method.md §2.3)."""
         return self.logit_scale.clamp(max=self.cfg.logit_scale_max).exp()
 
     def forward(self, batch: dict, return_intermediate: bool = False) -> dict:

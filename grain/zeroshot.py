@@ -1,4 +1,4 @@
-"""Zero-shot classification with descriptions (METHOD.md §5).
+"""Zero-shot classification with descriptions (docs/method.md §5).
 
 Per class c with descriptors d₁…dₙ (a "classification by description" JSON ``{class: [d, ...]}``):
 prompts = every template filled with ``"c, <descriptor sentence of d>"`` (only ``c`` when the class

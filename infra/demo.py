@@ -9,7 +9,7 @@
 4. prints where to look (UI, the flow run URLs, output folders), the annotation counts, the share of
    rows the trainer used (the demo fails below 90 %), the evaluation table, and how to stop the stack.
 
-Rows without descriptions or boxes are valid (METHOD.md §1) and train with L_ic only, so the demo
+Rows without descriptions or boxes are valid (docs/method.md §1.5) and train with L_ic only, so the demo
 trains on every decodable image but the tail of each epoch that does not fill a batch on every worker.
 """
 

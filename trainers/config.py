@@ -7,7 +7,7 @@ shared by every stage; ``model`` and ``loss`` are checked against grain.config's
 when the file is loaded. ``grain config show train`` lists every key.
 
 Profiles map to the shipped run files: ``tiny`` → ``configs/tiny-cpu.yaml`` (2 CPU workers, the tiny
-GRAIN preset), ``paper`` → ``configs/vit-b-16-cc12m.yaml`` (the release recipe, METHOD.md §4).
+GRAIN preset), ``paper`` → ``configs/vit-b-16-cc12m.yaml`` (the release recipe, docs/method.md §4.4).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ PROFILES = {"tiny": "tiny-cpu.yaml", "paper": "vit-b-16-cc12m.yaml"}
 
 @dataclass
 class DataSettings:
-    """How annotated shards become batches (METHOD.md §1, §4)."""
+    """How annotated shards become batches (docs/method.md §4)."""
 
     __pydantic_config__ = STRICT_KEYS
 
@@ -43,7 +43,7 @@ class DataSettings:
 
 @dataclass
 class OptimSettings:
-    """AdamW + per-step schedule of the release (METHOD.md §4)."""
+    """AdamW + per-step schedule of the release (docs/method.md §4.4)."""
 
     __pydantic_config__ = STRICT_KEYS
 

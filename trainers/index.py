@@ -2,7 +2,7 @@
 
 The driver lists the Parquet shards (local path or fsspec URI), reads only the tiny ``key`` and
 ``status`` columns, and records for every row group the row numbers of ``status == "ok"`` rows.
-Rows with any other status are skipped and counted by status (METHOD.md §1: nothing dropped
+Rows with any other status are skipped and counted by status (docs/method.md §1.5: nothing dropped
 silently). The index is what makes the sample order a pure function of (seed, epoch): see plan.py.
 """
 

@@ -1,4 +1,4 @@
-"""AdamW with the release's parameter groups and the per-step warm-up + cosine schedule (METHOD.md §4)."""
+"""AdamW with the release's parameter groups and the per-step warm-up + cosine schedule (docs/method.md §4.4)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The worker's data path: shard rows read by row group, turned into samples and collated ahead of
-the step (METHOD.md §1, §3, §4).
+the step (docs/method.md §4).
 
 Row → sample is ``grain.data.sample_from_row`` (caption drawn per (seed, epoch, key), top-k boxes by
 score); a sample is ``grain.data.make_batch``'s input, and the xyxy → cxcywh conversion is

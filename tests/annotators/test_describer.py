@@ -99,7 +99,7 @@ def test_per_image_failure_does_not_fail_the_batch(request, fixture, photos):
 
 @pytest.mark.slow
 def test_vllm_matches_transformers_greedy(llava_describer, tiny_models, photos):
-    """STACK.md: greedy vLLM output equals transformers generate on the same tiny checkpoint and prompt."""
+    """Greedy vLLM output equals transformers generate on the same tiny checkpoint and prompt."""
     import torch
     from transformers import AutoProcessor, LlavaForConditionalGeneration
     from vllm import SamplingParams

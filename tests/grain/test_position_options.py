@@ -1,4 +1,4 @@
-"""Position options (issue 13; deviations from METHOD.md §2, off by default): ``decoder_memory_pos="sine_kv"``
+"""Position options (deviations from the release, docs/method.md §6; off by default): ``decoder_memory_pos="sine_kv"``
 (2-D sine on the decoder memory's keys and values) and ``vision_pos_embed="sincos2d"`` (MAE's fixed 2-D
 sin-cos position in the ViT, for both kinds)."""
 
@@ -72,7 +72,7 @@ def test_sincos2d_matches_mae_formula_is_frozen_and_per_patch():
     grouped = {id(p) for g in m.param_groups(0.1) for p in g["params"]}
     assert id(pe) not in grouped  # neither trained nor decayed
     decayed = {id(p) for p in ref.param_groups(0.1)[0]["params"]}
-    assert id(ref.visual.positional_embedding) in decayed  # "learned" (METHOD §2, the release): decayed
+    assert id(ref.visual.positional_embedding) in decayed  # "learned" (the release): decayed
     with pytest.raises(ValueError, match="vision_pos_embed"):
         ModelConfig.preset("tiny", vision_pos_embed="rope")
 
@@ -97,7 +97,7 @@ def test_sincos2d_unchanged_by_an_optimizer_step_both_kinds(kind, small_batch):
 
 
 def test_defaults_and_old_configs_unchanged():
-    """Presets keep METHOD §2 (learned ViT position, no memory position), and a config dict saved before
+    """Presets keep the release's positions (learned ViT position, no memory position), and a config dict saved before
     these options existed still loads (to those defaults)."""
     for name in ("tiny", "vit-b-16"):
         cfg = ModelConfig.preset(name)

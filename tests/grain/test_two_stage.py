@@ -1,5 +1,5 @@
-"""Two-stage region queries (issue 13; ``ModelConfig.region_queries="two_stage"``, a deviation from METHOD.md
-§2, off by default): per-patch proposals, peak selection, refinement, and the CenterNet-style proposal loss."""
+"""Two-stage region queries (``ModelConfig.region_queries="two_stage"``; docs/method.md §6, off by default):
+per-patch proposals, peak selection, refinement, and the CenterNet-style proposal loss."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def test_queries_start_at_the_score_maps_peaks_and_refine_their_proposals():
 
 
 def test_default_model_is_unchanged_and_two_stage_trains_every_parameter():
-    """The default (learned queries, METHOD §2) has no proposal heads and no proposal outputs; a two-stage
+    """The default (learned queries, docs/method.md §2.2) has no proposal heads and no proposal outputs; a two-stage
     GRAIN model's loss has the proposal terms and gives every parameter a gradient (the DDP contract)."""
     plain = build_model(ModelConfig.preset("tiny"))
     assert not any(k.startswith("decoder.proposal") for k in plain.state_dict())

@@ -37,7 +37,7 @@ def test_top5_by_score_then_cxcywh_in_the_batch():
     assert s["image"].shape == (3, TINY.image_size, TINY.image_size)
     batch = make_batch([{k: v for k, v in s.items() if k != "key"}], TINY)
     x1, y1, x2, y2 = torch.tensor([boxes[i] for i in order]).unbind(1)
-    expected = torch.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], 1)  # METHOD §1: only xyxy→cxcywh
+    expected = torch.stack([(x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1], 1)  # docs/method.md §1.4: only xyxy→cxcywh
     assert torch.allclose(batch["target_boxes"], expected, atol=1e-6)
     with pytest.raises(ValueError, match="lengths differ"):
         top_boxes(boxes, scores[:3], desc_idx, 5)
