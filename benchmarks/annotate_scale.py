@@ -1,4 +1,4 @@
-"""Is the annotation driver's cost per row flat with scale? (issue 16, goal 3; CPU only)
+"""Is the annotation driver's cost per row flat with scale? (docs/performance.md, goal 3; CPU only)
 
     python -m benchmarks.annotate_scale [--rows 1000 10000 100000] [--rows-per-shard 10000]
                                         [--resume-shards 10000] [--json out.json]

@@ -1,4 +1,4 @@
-"""Issue 16, goals 1 and 2 on one GPU, in one run, into one JSON (≤ 8 minutes on one H200).
+"""Performance goals 1 and 2 (docs/performance.md) on one GPU, in one run, into one JSON (≤ 8 minutes on one H200).
 
     PYTHONPATH=. python benchmarks/gpu_suite.py --json gpu_suite.json           # on the GPU machine
     PYTHONPATH=. python benchmarks/gpu_suite.py --tiny --json /tmp/suite.json   # CPU, tiny shapes, same code

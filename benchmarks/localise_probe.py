@@ -9,7 +9,7 @@ layout, spread, probes. The evidence table of docs/bench-grounding.md ("The devi
     python -m benchmarks.localise_probe --bench /tmp/pos-work/bench --output /tmp/exp/NAME --set train.epochs=16
 
 with the shipped config (96 px, two-stage queries, conv heads, sine_kv: the kept row, 0.58); the other rows
-add e.g. ``--set train.model.image_size=64 --set train.model.proposal_head=mlp`` (round 2's decoder).
+add e.g. ``--set train.model.image_size=64 --set train.model.proposal_head=mlp`` (per-token heads).
 """
 
 from __future__ import annotations

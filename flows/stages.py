@@ -2,7 +2,7 @@
 
 Each function loads the stage's typed config with the stage's own loader and calls the function its
 ``grain`` subcommand calls: ``annotators.pipeline.run_annotation(cfg)``, ``trainers.run.run_training(cfg)``,
-``evaluation.runner.run_eval(cfg)`` (docs/ARCHITECTURE.md names them under ``*.cli``; they live here).
+``evaluation.runner.run_eval(cfg)`` (docs/ARCHITECTURE.md, "Stage entry points").
 When the flow runs on the local stack (``RAY_ADDRESS`` set) the stage is pointed at that cluster
 unless the overrides already name one. The ``overrides`` mapping reaches the stage's loader as is (no
 round trip through ``--set`` strings); its errors name the source ``flow parameter overrides``.

@@ -73,7 +73,8 @@ def elementwise_generalized_box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.T
 def nms_per_label(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, iou: float) -> torch.Tensor:
     """Greedy NMS within each label: xyxy ``boxes`` [N, 4], ``scores`` [N], ``labels`` [N] → kept indices
     (long [K]) sorted by descending score. A box is dropped when it overlaps a kept, higher-scoring box of
-    its own label with IoU > ``iou``. Plain torch (torchvision's op is missing on the CPU environment)."""
+    its own label with IoU > ``iou``. Plain torch: grain/ does not import torchvision (open_clip and timm
+    depend on it; on the CPU stack its CUDA wheel's native ops do not load, see infra/compat/)."""
     order = torch.argsort(scores, descending=True)
     keep: list[int] = []
     suppressed = torch.zeros(len(scores), dtype=torch.bool)

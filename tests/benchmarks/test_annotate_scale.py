@@ -1,4 +1,4 @@
-"""benchmarks/annotate_scale.py (issue 16, goal 3): the fixed-answer stages, the manifest's rewrite policy,
+"""benchmarks/annotate_scale.py (docs/performance.md, goal 3): the fixed-answer stages, the manifest's rewrite policy,
 and the benchmark end to end at a very small size (table and ratio printed; no absolute times checked)."""
 
 from __future__ import annotations

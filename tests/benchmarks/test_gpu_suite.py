@@ -1,4 +1,4 @@
-"""benchmarks/gpu_suite.py (issue 16, goals 1–2): the ceiling arithmetic (fast) and the --tiny run (slow)."""
+"""benchmarks/gpu_suite.py (docs/performance.md, goals 1–2): the ceiling arithmetic (fast) and the --tiny run (slow)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""grain/runconfig.py and the stages on it: the three reproductions of issue 14 behave the same in every
+"""grain/runconfig.py and the stages on it: numbers, wrong types and unknown keys behave the same in every
 stage (annotate, train, eval, bench; file, --set and flow overrides), and no setting promises what the
 shard schema refuses."""
 

@@ -1,7 +1,7 @@
 """The stack's Ray head on a machine that has never run Ray: it makes its own token and comes up.
 
-Issue 12: on a fresh machine `grain demo` failed because the head was started in token mode and only
-``ray.init`` of a local cluster ever creates ``~/.ray/auth_token``. These tests start the head with
+Only ``ray.init`` of a local cluster ever creates ``~/.ray/auth_token``, so a head started in token mode on a
+fresh machine must make its own token. These tests start the head with
 ``HOME`` pointing at an empty folder, so nothing a previous test or run left behind can help, and show
 that the token is enforced: a client without it, or with a wrong one, is refused; one with it works.
 """

@@ -1,4 +1,4 @@
-"""Issue 9: the pipeline on a real two-node Ray cluster, data and checkpoints on S3, a node lost mid-training.
+"""The pipeline on a real two-node Ray cluster, data and checkpoints on S3, a node lost mid-training.
 
 Two raylets on this machine (tests/infra_k8s/multinode.py), 2 logical CPUs each, and moto's S3 server:
 1. ``grain annotate --profile tiny`` reads a webdataset shard from ``s3://…/input`` and writes annotated
