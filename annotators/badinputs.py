@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from grain.schema import FLAG_MISSING_SOURCE_CAPTION, FLAG_UNDECODABLE_SOURCE_CAPTION
+from grain.common.schema import FLAG_MISSING_SOURCE_CAPTION, FLAG_UNDECODABLE_SOURCE_CAPTION
 
 # (skimage.data function, caption). All bundled with scikit-image: no download.
 GOOD_IMAGES = [
@@ -157,7 +157,7 @@ def animated_gif(width: int = 80, height: int = 60, frames: int = 3) -> bytes:
 
 def extended_cases(photo: Image.Image) -> list[tuple[str, bytes | None, bytes | str | None, Expected]]:
     """The reliability suite's extra image-level cases (same tuple layout as ``bad_cases``)."""
-    from grain.schema import FLAG_TRUNCATED_SOURCE_CAPTION
+    from grain.common.schema import FLAG_TRUNCATED_SOURCE_CAPTION
 
     w, h = photo.size
     png = encode(photo.convert("RGB"), "PNG")

@@ -4,9 +4,9 @@
 
 Profiles (docs/ARCHITECTURE.md): ``tiny`` uses the locally built random-weight checkpoints
 (``models.mllm: tiny``), ``paper`` the real model ids (docs/method.md §1). A run file only needs the
-fields it changes. Loading, ``--set`` parsing, type coercion and error messages are grain/runconfig.py's,
+fields it changes. Loading, ``--set`` parsing, type coercion and error messages are grain/common/runconfig.py's,
 the same for every stage: an unknown key or a wrong type is an error naming the key, the value and the
-file, flag or flow parameter it came from. Limits the shard schema enforces (grain/schema.py) are checked
+file, flag or flow parameter it came from. Limits the shard schema enforces (grain/common/schema.py) are checked
 here, so no setting can promise what the writer would refuse. ``grain config show annotate`` lists
 every key with its type, default and meaning.
 """
@@ -21,9 +21,9 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator
 
-from grain.runconfig import STRICT_KEYS, ConfigError, Layer, load
-from grain.safety import TestHookRefused, refuse_test_hooks
-from grain.schema import MAX_BOXES, MAX_DESCRIPTIONS
+from grain.common.runconfig import STRICT_KEYS, ConfigError, Layer, load
+from grain.common.safety import TestHookRefused, refuse_test_hooks
+from grain.common.schema import MAX_BOXES, MAX_DESCRIPTIONS
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 PROFILES = ("tiny", "paper")
@@ -62,7 +62,7 @@ class ModelsConfig:
     enforce_eager: bool = True  # vLLM: skip torch.compile (17 s vs 33 s start on CPU)
     max_model_len: int = 4096  # vLLM context length
     gpu_memory_utilization: float | None = None  # vLLM, GPU only (None: vLLM's default)
-    # Passed to the vLLM engine as is: refused unless GRAIN_ALLOW_TEST_HOOKS=1 (grain/safety.py).
+    # Passed to the vLLM engine as is: refused unless GRAIN_ALLOW_TEST_HOOKS=1 (grain/common/safety.py).
     extra_engine_args: dict = field(default_factory=dict)
 
 
@@ -115,7 +115,7 @@ class RunConfig:
     # fail (→ model_error); {"crash_key": key, "crash_marker": path, "crash_stage": "describe"|"ground"}
     # kills that stage's model actor once; {"describe_delay_s": s} makes every MLLM batch take at least s
     # seconds (a slow model: tests that must act while a run is still busy). Refused unless the
-    # environment has GRAIN_ALLOW_TEST_HOOKS=1 (grain/safety.py).
+    # environment has GRAIN_ALLOW_TEST_HOOKS=1 (grain/common/safety.py).
     inject: dict = field(default_factory=dict)
 
 
@@ -138,7 +138,7 @@ class AnnotateConfig:
 
 def check_test_hooks(cfg: AnnotateConfig, where: str) -> None:
     """ConfigError naming the key when ``cfg`` sets a test hook (run.inject, models.extra_engine_args)
-    and the environment does not allow test hooks (grain/safety.py)."""
+    and the environment does not allow test hooks (grain/common/safety.py)."""
     try:
         refuse_test_hooks({"run.inject": cfg.run.inject, "models.extra_engine_args": cfg.models.extra_engine_args},
                           where)
@@ -153,13 +153,13 @@ def _hooks_in(layer: Layer) -> dict:
 
 
 def schema_checks(cfg: AnnotateConfig) -> list[tuple[str, str]]:
-    """Settings the shard schema (grain/schema.py) or the models would refuse: ``[(key, message)]``."""
+    """Settings the shard schema (grain/common/schema.py) or the models would refuse: ``[(key, message)]``."""
     m, out = cfg.models, []
     if not 1 <= m.max_descriptions <= MAX_DESCRIPTIONS:
-        out.append(("models.max_descriptions", f"must be in [1, {MAX_DESCRIPTIONS}] (grain/schema.py MAX_DESCRIPTIONS), "
+        out.append(("models.max_descriptions", f"must be in [1, {MAX_DESCRIPTIONS}] (grain/common/schema.py MAX_DESCRIPTIONS), "
                                                f"got {m.max_descriptions!r}"))
     if not 1 <= m.max_boxes <= MAX_BOXES:
-        out.append(("models.max_boxes", f"must be in [1, {MAX_BOXES}] (grain/schema.py MAX_BOXES), got {m.max_boxes!r}"))
+        out.append(("models.max_boxes", f"must be in [1, {MAX_BOXES}] (grain/common/schema.py MAX_BOXES), got {m.max_boxes!r}"))
     if not 0.0 <= m.box_threshold <= 1.0:
         out.append(("models.box_threshold", f"must be in [0, 1] (a sigmoid score), got {m.box_threshold!r}"))
     if m.nms_iou is not None and not 0.0 < m.nms_iou <= 1.0:

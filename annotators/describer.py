@@ -17,7 +17,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from grain.parse import MAX_DESCRIPTIONS, parse_mllm_output
+from grain.common.parse import MAX_DESCRIPTIONS, parse_mllm_output
 from annotators.prompts import (
     CAPTION_MAX_CHARS,
     DESCRIPTION_MAX_CHARS,

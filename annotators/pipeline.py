@@ -34,7 +34,7 @@ from annotators.manifest import RunManifest
 from annotators.readers import discover_shards, read_shard
 from annotators.timing import RunTimer
 from annotators.writer import ShardWriter
-from grain.schema import (
+from grain.common.schema import (
     FLAG_MISSING_SOURCE_CAPTION,
     FLAG_NO_BOXES,
     FLAG_NO_DESCRIPTIONS,
@@ -67,7 +67,7 @@ def resolve_models(cfg: AnnotateConfig) -> dict:
     names = {"mllm": "llava" if m.mllm_family == "llava" else "qwen2-vl", "detector": "owlv2"}
     tiny = [names[k] for k in out if out[k] == "tiny"]
     if tiny:
-        from grain.tiny_models import ensure_tiny_models
+        from grain.testing.tiny_models import ensure_tiny_models
 
         paths = ensure_tiny_models(tiny)
         out.update({k: paths[names[k]] for k in ("mllm", "detector") if out[k] == "tiny"})
@@ -93,7 +93,7 @@ def resolve_profile(profile: str) -> dict:
 
 
 def finalize_row(r: dict, models: dict) -> dict:
-    """An intermediate row → a schema row (grain/schema.py). A row that would break the schema
+    """An intermediate row → a schema row (grain/common/schema.py). A row that would break the schema
     becomes a model_error row naming the rule, so one bad model output never loses a shard."""
     flags = list(r.get("flags") or [])
     common = dict(url=r.get("url"), source_caption=r.get("source_caption"), image_width=r.get("image_width"),

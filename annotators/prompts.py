@@ -16,10 +16,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from grain.schema import MAX_DESCRIPTIONS
+from grain.common.schema import MAX_DESCRIPTIONS
 
 # The question shown to the MLLM (``describe_question(models.max_descriptions)``). The answer layout
-# matches grain/parse.py (which also copes with answers that ignore it).
+# matches grain/common/parse.py (which also copes with answers that ignore it).
 DESCRIBE_TEMPLATE = (
     "Look at the image carefully.\n"
     "First, write one line that starts with \"Caption:\" and gives a detailed one-sentence description of "
@@ -36,13 +36,13 @@ def describe_question(max_descriptions: int = MAX_DESCRIPTIONS) -> str:
     return DESCRIBE_TEMPLATE.format(max_descriptions=max_descriptions)
 
 
-DESCRIBE_QUESTION = describe_question()  # at the schema's cap (grain/schema.py MAX_DESCRIPTIONS)
+DESCRIBE_QUESTION = describe_question()  # at the schema's cap (grain/common/schema.py MAX_DESCRIPTIONS)
 
 
 # Structured outputs (vLLM guided decoding): the answer layout DESCRIBE_QUESTION asks for, as a regex the
 # engine enforces token by token. Lengths are bounded so a rambling (or random-weight) model still reaches
 # the bullet list within its token budget; characters are anything but control characters (newline
-# included), so every line stays one line. The parser (grain/parse.py) stays the safety net: a
+# included), so every line stays one line. The parser (grain/common/parse.py) stays the safety net: a
 # generation cut by max_tokens ends mid-line and is still parsed.
 CAPTION_MAX_CHARS = 300  # a dense one-sentence caption; LLaVA-1.5's are ~100-250 characters
 DESCRIPTION_MAX_CHARS = 80  # "short phrases"; OWLv2 reads 16 tokens of each anyway

@@ -12,10 +12,10 @@ Layouts (img2dataset's writers, `output_format=webdataset|parquet`):
 
 Every input record yields exactly one *record* dict (``RECORD_FIELDS``); records that cannot be
 annotated carry an error ``status`` and an ``error`` reason instead of being dropped. Reading is safe:
-tar members are never extracted to disk (``grain.webdataset``, the project's one tar reader); a member
+tar members are never extracted to disk (``grain.common.webdataset``, the project's one tar reader); a member
 whose name is absolute or contains ``..``, and links/devices, become ``input_error`` records; images over
 the byte limit are not read into memory.
-Paths may be local or fsspec URIs (``s3://...``, see ``grain.storage``).
+Paths may be local or fsspec URIs (``s3://...``, see ``grain.common.storage``).
 """
 
 from __future__ import annotations
@@ -28,13 +28,13 @@ import tarfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
-from grain.schema import (
+from grain.common.schema import (
     FLAG_MISSING_SOURCE_CAPTION,
     FLAG_TRUNCATED_SOURCE_CAPTION,
     FLAG_UNDECODABLE_SOURCE_CAPTION,
 )
-from grain.storage import join, open_fs
-from grain.webdataset import iter_members
+from grain.common.storage import join, open_fs
+from grain.common.webdataset import iter_members
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
 RECORD_FIELDS = ("key", "source", "url", "image", "source_caption", "flags", "status", "error")
@@ -60,7 +60,7 @@ class InputShard:
 
 
 def record(key: str, source: str, *, image=None, url=None, caption=None, flags=(), status="ok", error=None) -> dict:
-    """One reader record (``RECORD_FIELDS``). ``status``/``error`` follow grain.schema.STATUSES."""
+    """One reader record (``RECORD_FIELDS``). ``status``/``error`` follow grain.common.schema.STATUSES."""
     return {
         "key": key,
         "source": source,

@@ -26,7 +26,7 @@ import time
 import pyarrow as pa
 
 from annotators.readers import InputShard, read_shard, record
-from grain.schema import MAX_BOXES, MAX_DESCRIPTIONS
+from grain.common.schema import MAX_BOXES, MAX_DESCRIPTIONS
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,9 @@
-"""ShardWriter: validated, atomic, committed Parquet shards in grain/schema.py's schema.
+"""ShardWriter: validated, atomic, committed Parquet shards in grain/common/schema.py's schema.
 
 One output shard per input shard, named after it (``00000.tar`` → ``<output>/00000.parquet``).
 A shard is written in one go once all its rows are done: to_table → validate_table → one atomic
 write (local: temp file + fsync + rename; object store: one all-or-nothing upload) → the
-``00000.parquet.done`` commit marker (grain.storage's protocol). Readers and resume trust committed
+``00000.parquet.done`` commit marker (grain.common.storage's protocol). Readers and resume trust committed
 shards only, so a crash at any point leaves either a complete shard or none.
 
 Guards: output names are plain file names (no separators, no leading dot, no ``..``), and the
@@ -19,8 +19,8 @@ import time
 
 import pyarrow.parquet as pq
 
-from grain import storage
-from grain.schema import SCHEMA, SchemaError, summarise, to_table, validate_table
+from grain.common import storage
+from grain.common.schema import SCHEMA, SchemaError, summarise, to_table, validate_table
 
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -74,7 +74,7 @@ class ShardWriter:
         buf = io.BytesIO()
         pq.write_table(table, buf, compression="zstd")
         data = buf.getvalue()
-        storage.uncommit(path)  # replacing an entry: the marker goes first (grain.storage protocol)
+        storage.uncommit(path)  # replacing an entry: the marker goes first (grain.common.storage protocol)
         storage.atomic_write_bytes(path, data, commit=True)
         return {
             "path": path,

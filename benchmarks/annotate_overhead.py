@@ -115,7 +115,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from annotators.config import load_config
-    from grain.tiny_models import ensure_tiny_models
+    from grain.testing.tiny_models import ensure_tiny_models
 
     names = ["llava-bench", "owlv2-bench"] if args.size == "bench" else ["llava", "owlv2"]
     built = ensure_tiny_models(names)

@@ -2,7 +2,7 @@
 ``eval`` (this file and evaluation.grounded_corpus.CorpusSpec) and ``train`` (a TrainConfig section,
 validated by trainers/config.py's rules when the file is loaded).
 
-Loading, ``--set section.key=value`` parsing, coercion and error messages are grain/runconfig.py's, the
+Loading, ``--set section.key=value`` parsing, coercion and error messages are grain/common/runconfig.py's, the
 same for every stage; ``grain config show bench`` lists every key. ``load_bench_config`` returns the
 settings as plain mappings of the keys the file and overrides set (typed values), so the prepared-corpus
 digest of an unchanged file stays the same.
@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Literal
 
 from evaluation.grounded_corpus import CorpusSpec
-from grain.runconfig import STRICT_KEYS, ConfigError, Layer, load, merge
-from grain.safety import refuse_test_hooks
+from grain.common.runconfig import STRICT_KEYS, ConfigError, Layer, load, merge
+from grain.common.safety import refuse_test_hooks
 from trainers.config import TEST_HOOK_KEYS, TrainConfig, run_checks
 
 

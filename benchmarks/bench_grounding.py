@@ -7,7 +7,7 @@
    *held-out* classes. Training uses one style (Google) of the seen classes only.
 2. Training corpus (evaluation.grounded_corpus): 2–4 objects per canvas (seen emoji + Tux Paint
    cut-outs whose names share no word with a held-out class), exact boxes, a caption naming every
-   object, one description per object; shards in the annotation schema (grain.schema).
+   object, one description per object; shards in the annotation schema (grain.common.schema).
 3. Both arms train through the project's trainer (``trainers.config.load_config`` →
    ``trainers.run.run_training``) with identical run configs except ``model.kind`` (grain | clip), for
    each seed.

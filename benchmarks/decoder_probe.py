@@ -34,13 +34,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.bench_grounding import DEFAULT_CONFIG, load_bench_config  # noqa: E402
 from benchmarks.grounding_boxes import best_constant, matched_losses, patch_labels, position_probe  # noqa: E402
-from grain import storage  # noqa: E402
+from grain.common import storage  # noqa: E402
 from grain.checkpoint import load_checkpoint  # noqa: E402
 from grain.config import MEMORY_POS, VISION_POS, ModelConfig  # noqa: E402
 from grain.data import make_batch, sample_from_row  # noqa: E402
 from grain.matcher import HungarianMatcher  # noqa: E402
 from grain.model import build_model  # noqa: E402
-from grain.schema import read_table  # noqa: E402
+from grain.common.schema import read_table  # noqa: E402
 from trainers.config import OptimSettings  # noqa: E402
 from trainers.optim import lr_at  # noqa: E402
 

@@ -28,7 +28,7 @@ Part 4, the data path (goal 4): the trainer's decode path on this machine's CPUs
 cores), samples/s per core, and the decode cores one GPU needs for 3× its consumption.
 
 ``--tiny``: the same four parts with tiny shapes on CPU (tiny preset train step, the tiny LLaVA /
-OWLv2 specs of grain.tiny_models, a few images, short outputs) — a check that the script runs end to
+OWLv2 specs of grain.testing.tiny_models, a few images, short outputs) — a check that the script runs end to
 end, not a measurement.
 """
 
@@ -132,7 +132,7 @@ def write_llava_dir(out: str, tiny: bool) -> str:
     """Config + tokenizer + processor of the LLaVA-1.5-7B architecture (or the tiny spec): no weights."""
     from transformers import CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaProcessor
 
-    from grain.tiny_models import LLAVA_CHAT_TEMPLATE, SPECS, _fast_tokenizer
+    from grain.testing.tiny_models import LLAVA_CHAT_TEMPLATE, SPECS, _fast_tokenizer
 
     s = SPECS["llava"] if tiny else dict(vocab=1024, image=336, patch=14, v_hidden=1024, v_layers=24, v_heads=16,
                                          v_inter=4096, t_hidden=4096, t_layers=32, t_heads=32, t_inter=11008,
@@ -259,7 +259,7 @@ def write_owlv2_dir(out: str, tiny: bool) -> str:
     49408, which changes an embedding lookup only)."""
     from pathlib import Path
 
-    from grain.tiny_models import SPECS, build_owlv2
+    from grain.testing.tiny_models import SPECS, build_owlv2
 
     spec = SPECS["owlv2"] if tiny else dict(seed=0, vocab=4096, image=960, patch=16, v_hidden=768, v_layers=12,
                                             v_heads=12, t_hidden=512, t_layers=12, t_heads=8, proj=512)

@@ -45,12 +45,13 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from grain import box_ops, storage  # noqa: E402
+from grain import box_ops  # noqa: E402
+from grain.common import storage
 from grain.checkpoint import load_checkpoint  # noqa: E402
 from grain.data import make_batch, sample_from_row  # noqa: E402
 from grain.losses import GrainLoss  # noqa: E402
 from grain.matcher import HungarianMatcher  # noqa: E402
-from grain.schema import read_table  # noqa: E402
+from grain.common.schema import read_table  # noqa: E402
 
 
 def matched_losses(pred: torch.Tensor, tb: torch.Tensor, timg: torch.Tensor, matcher: HungarianMatcher) -> dict:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from benchmarks.bench_config import BenchSection, load_bench_config
 from benchmarks.creatures import RENDERINGS
 from benchmarks.novel_corpus import NovelCorpusSpec
-from grain.runconfig import STRICT_KEYS
+from grain.common.runconfig import STRICT_KEYS
 
 SET_SPLITS = ("seen", "novel", "dev")
 

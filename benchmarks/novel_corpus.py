@@ -3,7 +3,7 @@ drawing: ``benchmarks.creatures``).
 
 A training row is one canvas (a plain colour or a dimmed crop of a bundled photograph) with 1–2 seen
 creatures and 0–2 real cut-outs (Tux Paint stamps) as distractors, in the annotation shard schema
-(``grain.schema``), written as the real pipeline would:
+(``grain.common.schema``), written as the real pipeline would:
 
     source_caption   the alt-text names the classes: "a photo of a bodum and a magellanic penguin"
     mllm_caption     dense: every part and its attributes, in varying order and phrasing ("a creature
@@ -33,7 +33,7 @@ from benchmarks.creatures import RENDERINGS, render
 from evaluation.grounded_corpus import (FORMAT_VERSION, ObjectSpec, caption_for, compose, jpeg_bytes, make_canvas,
                                         spec_digest, with_article)
 from evaluation.grounded_evalsets import build_image_folder, least_overlap_position
-from grain.runconfig import STRICT_KEYS
+from grain.common.runconfig import STRICT_KEYS
 
 NOVEL_FORMAT = "1"  # bump when the drawing or the text changes: cached corpora and sets rebuild
 INTROS = ("a creature with {}", "an animal that has {}", "a small beast with {}", "a strange creature having {}")
@@ -122,7 +122,7 @@ def draw_creature(canvas: Image.Image, c: Concept, scale: float, placed: list[li
 def training_row(index: int, seen: list[Concept], stamps: list[ObjectSpec], spec: NovelCorpusSpec, rng: random.Random,
                  photos: list[Image.Image], textures: list[Image.Image]) -> dict:
     """One schema row (see the module docstring)."""
-    from grain.schema import MAX_DESCRIPTIONS, empty_row
+    from grain.common.schema import MAX_DESCRIPTIONS, empty_row
 
     canvas = make_canvas(rng, spec.canvas, photos, spec.photo_background_prob)
     creatures = rng.sample(seen, rng.randint(*spec.creatures))

@@ -13,7 +13,7 @@ Prints, measured in this process:
 - the share of matching + loss bookkeeping in the GRAIN step (goal ≤ 5 %);
 - data-path throughput (Parquet row → decode → squash-resize → tokenise → collate, the trainer's own
   code with its decode threads) over training consumption (goal ≥ 3×).
-Batches come from synthetic annotated shards (grain.schema.write_fixture_shards) with 3–5 boxes per
+Batches come from synthetic annotated shards (grain.testing.fixtures.write_fixture_shards) with 3–5 boxes per
 image, so matching and L_rd see realistic target counts.
 """
 
@@ -46,7 +46,7 @@ def _timeit(fn, steps: int, warmup: int) -> float:
 
 def make_data(tmp: str, preset_cfg, batch_size: int, width: int, height: int, decode_threads: int, n_batches: int):
     """Fixture shards → (first batch, data-path samples/s measured over ``n_batches`` batches)."""
-    from grain.schema import FixtureSpec, write_fixture_shards
+    from grain.testing.fixtures import FixtureSpec, write_fixture_shards
     from trainers.index import build_index
     from grain.data import sample_from_row
     from trainers.samples import BatchStream, ShardReader, collate_trimmed

@@ -2,7 +2,7 @@
 
     cfg = load_config("configs/eval-tiny.yaml", overrides={"checkpoint": "final.pt"}, sets=["limit=50"])
 
-Loading, ``--set`` parsing, coercion and error messages are grain/runconfig.py's, the same for every
+Loading, ``--set`` parsing, coercion and error messages are grain/common/runconfig.py's, the same for every
 stage; ``grain config show eval`` lists every key with its type, default and meaning.
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from grain.runconfig import STRICT_KEYS, ConfigError, Layer, load
+from grain.common.runconfig import STRICT_KEYS, ConfigError, Layer, load
 
 
 @dataclass

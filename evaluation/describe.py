@@ -5,7 +5,7 @@
 
 The LLM is asked, per class, for short visual features (the "classification by description"
 question) as a bullet list; bullets are parsed with the annotation stage's parser
-(grain.parse.parse_mllm_output). A class whose answer gives no usable descriptor is written
+(grain.common.parse.parse_mllm_output). A class whose answer gives no usable descriptor is written
 with an empty list (its prompts fall back to the class name) and listed, printed and in
 ``<output>.missing.txt``: never filled in silently. Profiles: ``tiny`` = the random-weight
 ``text-llm`` built by ``grain models build-tiny`` (tests; its output is noise); ``paper`` =
@@ -64,7 +64,7 @@ def model_for_profile(profile: str, model: str | None) -> str:
         return model
     if profile == "paper":
         return PAPER_MODEL
-    from grain.tiny_models import ensure_tiny_models
+    from grain.testing.tiny_models import ensure_tiny_models
 
     return ensure_tiny_models(["text-llm"])["text-llm"]
 
@@ -76,7 +76,7 @@ def describe(classnames: list[str], model: str, max_tokens: int = 96, engine_kwa
     for (``bullets_regex``), so every answer that is not cut by ``max_tokens`` parses."""
     from vllm import LLM, SamplingParams
 
-    from grain.parse import parse_mllm_output
+    from grain.common.parse import parse_mllm_output
 
     kwargs = {"max_model_len": 512, "enforce_eager": True, "seed": 0, **(engine_kwargs or {})}
     guided = None

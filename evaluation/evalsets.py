@@ -12,7 +12,7 @@ Accepted layouts (``load_evalset(path)`` detects which):
    (one class per line) and optional ``ROOT/zeroshot_classification_templates.txt``; or, when
    ``ROOT/dataset_type.txt`` says ``retrieval``, ``<key>.txt`` members holding one caption per line.
    ``descriptors.json`` beside ``classnames.txt`` is read as in (1).
-3. **Annotated Parquet shards** (grain/schema.py) — a ``.parquet`` file or a folder of them: a
+3. **Annotated Parquet shards** (grain/common/schema.py) — a ``.parquet`` file or a folder of them: a
    retrieval set whose captions are each ok row's ``source_caption`` and/or ``mllm_caption``
    (several captions per image); error rows and rows without any caption are counted, not used.
 
@@ -191,10 +191,10 @@ def load_imagefolder(root: str, name: str | None = None) -> ClassificationSet:
 def _tar_samples(tar_path: str, max_member_bytes: int = MAX_MEMBER_BYTES,
                  max_tar_bytes: int = MAX_TAR_BYTES) -> dict[str, dict[str, bytes]]:
     """Group a webdataset tar's members by key: {key: {ext: bytes}} (extension = text after the first dot),
-    read with the project's one tar reader (grain.webdataset); members other than files are skipped.
+    read with the project's one tar reader (grain.common.webdataset); members other than files are skipped.
     A member larger than ``max_member_bytes``, or one that takes the tar's members past ``max_tar_bytes``
     in all, is an EvalSetError naming it (both checked from the header, before reading it)."""
-    from grain.webdataset import iter_members
+    from grain.common.webdataset import iter_members
 
     samples: dict[str, dict[str, bytes]] = {}
     total = 0
@@ -265,8 +265,8 @@ def load_clip_benchmark_wds(root: str, name: str | None = None, split: str = "te
 
 def load_annotated_shards(path: str, name: str | None = None, captions: str = "both") -> RetrievalSet:
     """Retrieval set from annotated shards; ``captions`` ∈ {"both", "source", "mllm"}."""
-    from grain import storage
-    from grain.schema import STATUS_OK, read_table
+    from grain.common import storage
+    from grain.common.schema import STATUS_OK, read_table
 
     if captions not in ("both", "source", "mllm"):
         raise ValueError(f"captions must be 'both', 'source' or 'mllm', got {captions!r}")

@@ -5,7 +5,7 @@ photographs) with 2–4 real objects pasted at random scale and position: emoji 
 Google) and Tux Paint cut-outs (real photographs on transparent backgrounds). Because we paste
 the objects, every box is exact: the tight box of the pasted sprite's opaque pixels.
 
-Rows follow the annotation stage's shard schema (``grain.schema``), so the trainer reads them
+Rows follow the annotation stage's shard schema (``grain.common.schema``), so the trainer reads them
 unchanged:
 
     source_caption   names of all objects: "a dog face, a red apple and a taxi"
@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 
 from PIL import Image
 
-from grain.runconfig import STRICT_KEYS
+from grain.common.runconfig import STRICT_KEYS
 
 FORMAT_VERSION = "2"  # bump when the drawing or the encoding changes: cached corpora rebuild
 SPRITE_MAX_SIDE = 96  # px: sprites are cached at most this big; canvases are ~128 px
@@ -268,7 +268,7 @@ def jpeg_bytes(img: Image.Image) -> bytes:
 def corpus_row(index: int, objects: list[ObjectSpec], spec: CorpusSpec, rng: random.Random,
                photos: list[Image.Image]) -> dict:
     """One schema row (see the module docstring) with ``objects`` composited on a fresh canvas."""
-    from grain.schema import empty_row
+    from grain.common.schema import empty_row
 
     canvas = make_canvas(rng, spec.canvas, photos, spec.photo_background_prob)
     boxes = compose(objects, rng, canvas, spec.min_scale, spec.max_scale, spec.max_overlap)
@@ -340,7 +340,7 @@ def write_shards(out_dir: str, digest: str, rows, n: int, shard_size: int, row_g
 
     import pyarrow.parquet as pq
 
-    from grain.schema import SCHEMA, to_table, validate_table
+    from grain.common.schema import SCHEMA, to_table, validate_table
 
     manifest_path = os.path.join(out_dir, "corpus.json")
     if os.path.exists(manifest_path):

@@ -60,8 +60,8 @@ def _manifest_entries(doc, where: str) -> tuple[list[str], str | None]:
 
 def resolve_shards(refs: str | Sequence[str]) -> list[str]:
     """Expand manifest / list file / folder / shard references into Parquet shard paths (see module doc).
-    Folders are listed by ``grain.storage.list_shards`` (committed shards only where markers exist)."""
-    from grain import storage
+    Folders are listed by ``grain.common.storage.list_shards`` (committed shards only where markers exist)."""
+    from grain.common import storage
 
     refs = [refs] if isinstance(refs, str) else list(refs)
     out: list[str] = []
@@ -93,7 +93,7 @@ def load_training_texts(refs: str | Sequence[str]) -> list[str]:
     """All captions and descriptions of ok rows in the referenced shards (error rows carry no text)."""
     import pyarrow.parquet as pq
 
-    from grain import storage
+    from grain.common import storage
 
     texts: list[str] = []
     for shard in resolve_shards(refs):

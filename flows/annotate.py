@@ -21,7 +21,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows import common, stages, visuals
 from flows.logbridge import StageLogBridge
-from grain import storage
+from grain.common import storage
 from annotators.img2dataset_env import REFUSED_SHARD, is_url_list  # noqa: F401 - is_url_list: part of this module's API
 
 
@@ -76,7 +76,7 @@ def _count_inputs(inputs: list) -> int:
 
 def list_parquet(output: str) -> list[str]:
     """Sorted committed ``*.parquet`` shards directly under ``output`` (local path or URI), through
-    ``grain.storage.list_shards`` (its commit rule: fixture shards without any marker count too);
+    ``grain.common.storage.list_shards`` (its commit rule: fixture shards without any marker count too);
     [] while ``output`` does not exist."""
     try:
         return storage.list_shards(output)[0]

@@ -17,7 +17,7 @@ def flatten_overrides(overrides: Mapping | None, prefix: str = "") -> dict:
     """``{"run": {"batch_size": 4}, "models.mllm": "tiny"}`` → ``{"run.batch_size": 4, "models.mllm": "tiny"}``.
 
     Nested mappings and dotted keys may be mixed. The stages' loaders take the result as is
-    (grain/runconfig.py ``Layer.from_overrides``).
+    (grain/common/runconfig.py ``Layer.from_overrides``).
     """
     if overrides is None:
         return {}

@@ -21,7 +21,7 @@ from prefect.artifacts import create_markdown_artifact
 from flows.annotate import annotate_cc12m
 from flows.evaluate import evaluate_grain
 from flows.pretrain import coverage_line, pretrain_grain
-from grain import storage
+from grain.common import storage
 
 STAGES = ("annotate", "train", "eval")
 

@@ -20,7 +20,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows import common, stages
 from flows.logbridge import StageLogBridge
-from grain import storage
+from grain.common import storage
 
 
 def _progress(output: str) -> float:

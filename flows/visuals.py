@@ -1,7 +1,7 @@
 """Pictures for the Prefect UI: box overlays of annotated rows (PNG files).
 
 Presentation only: boxes are drawn as stored in the shards (normalised xyxy in the decoded image,
-grain/schema.py). Training curves are drawn by the trainer itself (``loss_curves.png``).
+grain/common/schema.py). Training curves are drawn by the trainer itself (``loss_curves.png``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def pick_rows(shards: list[str], n: int) -> list[dict]:
     with_boxes, without = [], []
     cols = ["key", "image", "source_caption", "mllm_caption", "descriptions", "boxes", "box_scores",
             "box_desc_index", "status"]
-    from grain import storage
+    from grain.common import storage
 
     for uri in shards:
         fs, path = storage.pyarrow_fs(uri)  # local path or object-store URI
@@ -40,7 +40,7 @@ TOP_BOXES = 5  # the trainer's targets per image (ModelConfig.max_target_boxes);
 def draw_overlay(row: dict, max_side: int = 448, top: int = TOP_BOXES) -> bytes:
     """PNG of the row's image with its ``top`` best boxes (xyxy normalised → pixels) and their labels.
 
-    Boxes are stored sorted by score (grain/schema.py); the first ``top`` are what training uses.
+    Boxes are stored sorted by score (grain/common/schema.py); the first ``top`` are what training uses.
     The image is decoded the one way every stage does (grain.data.decode_image: ``MAX_PIXELS`` checked
     from the header before any pixel is decoded, EXIF orientation = the shards' frame); an image over
     the limit raises grain.data.ImageTooLarge naming the row's key."""

@@ -19,7 +19,9 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from grain.runconfig import STRICT_KEYS  # run files are validated into these classes (trainers/config.py)
+# Run files are validated into these classes by the stages' config engine (pydantic, outside the model
+# library): it reads this plain-dict setting, so the library itself imports no config engine.
+STRICT_KEYS = {"extra": "forbid", "coerce_numbers_to_str": True}
 
 KINDS = ("grain", "clip")
 MEMORY_POS = ("none", "sine", "sine_kv")  # decoder memory positional encodings (ModelConfig.decoder_memory_pos)
@@ -171,11 +173,36 @@ class LossConfig:
 
 
 def _from_dict(cls, d: dict):
-    """Validated through grain/runconfig.py like every run config: unknown keys and wrong types are
-    ConfigError (a ValueError) naming the key; ``__post_init__``'s checks still apply."""
-    from grain.runconfig import Layer, load
+    """A config dataclass from a plain dict (a checkpoint's, a preset plus overrides). Unknown keys and
+    wrong types are ValueErrors naming the key; ``__post_init__``'s checks still apply. Only the field
+    types these classes use (bool, int, float, str) are checked: ints pass as floats, integral floats
+    as ints, as the stages' config engine does for run files."""
+    fields = {f.name: f.type for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in d.items():
+        if key not in fields:
+            raise ValueError(f"{key}: unknown key {key!r} (from {cls.__name__})")
+        kwargs[key] = _typed(cls.__name__, key, fields[key], value)
+    return cls(**kwargs)
 
-    return load(cls, [Layer(dict(d), cls.__name__)])
+
+def _typed(owner: str, key: str, kind: str, value):
+    """``value`` as the field type named ``kind`` ("bool" | "int" | "float" | "str"), or a ValueError."""
+    ok = None
+    if kind == "bool" and isinstance(value, bool):
+        ok = value
+    elif kind == "int" and not isinstance(value, bool):
+        if isinstance(value, int):
+            ok = value
+        elif isinstance(value, float) and value.is_integer():
+            ok = int(value)
+    elif kind == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        ok = float(value)
+    elif kind == "str" and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        ok = str(value)
+    if ok is None:
+        raise ValueError(f"{key}: expected {kind}, got {value!r} (from {owner})")
+    return ok
 
 
 PRESETS: dict[str, dict] = {

@@ -134,7 +134,7 @@ def top_boxes(boxes, scores, desc_index, k: int) -> tuple[list, list]:
 
 def sample_from_row(row: Mapping, cfg: ModelConfig, *, seed: int = 0, epoch: int = 0, alt_text_prob: float = 0.5,
                     max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
-    """An ok shard row (``grain.schema``) → a training sample: image decoded (``decode_image``) and
+    """An ok shard row (``grain.common.schema``) → a training sample: image decoded (``decode_image``) and
     squash-resized to ``cfg.image_size``, caption drawn by ``choose_caption(row, seed, epoch)``, the
     top-``cfg.max_target_boxes`` boxes by score (``top_boxes``). The one row → sample of the project
     (the trainer, the benchmarks and the tests use it).

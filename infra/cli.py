@@ -26,7 +26,7 @@ import sys
 
 # subcommand -> ("module:function", one-line help). Modules are imported lazily.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "models": ("grain.tiny_models:main", "build tiny random-weight model checkpoints (offline)"),
+    "models": ("grain.testing.tiny_models:main", "build tiny random-weight model checkpoints (offline)"),
     "annotate": ("annotators.cli:main", "annotate img2dataset shards: MLLM descriptions + OWLv2 boxes"),
     "train": ("trainers.cli:main", "pretrain GRAIN (or the CLIP baseline) on annotated shards"),
     "eval": ("evaluation.cli:eval_main", "zero-shot classification, retrieval, novel concepts"),

@@ -7,7 +7,7 @@
     grain config show bench-novel   # benchmarks/novel_config.py: NovelBenchConfig (`grain bench novel-concepts`)
     grain config check STAGE FILE [--set KEY=VALUE ...]   # load and validate a run file, print it
 
-Keys are what a run file section, ``--set KEY=VALUE`` and a flow's ``overrides`` take (grain/runconfig.py).
+Keys are what a run file section, ``--set KEY=VALUE`` and a flow's ``overrides`` take (grain/common/runconfig.py).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ STAGES = ("annotate", "train", "eval", "bench", "bench-novel")
 
 def _stage(name: str):
     """(config class, extra rows, loader(path, sets) -> config) of a stage."""
-    from grain.runconfig import describe
+    from grain.common.runconfig import describe
 
     if name == "annotate":
         from annotators.config import AnnotateConfig, load_config as load_annotate
@@ -53,7 +53,7 @@ def _stage(name: str):
 
 
 def show(name: str) -> str:
-    from grain.runconfig import describe
+    from grain.common.runconfig import describe
 
     cls, extra, _ = _stage(name)
     rows = [r for r in describe(cls) if r[0] not in ("model", "loss", "train")] + extra

@@ -44,7 +44,7 @@ def trigger(name: str, parameters: dict, api_url: str, timeout: float | None = N
 
 def prepare_inputs(limit: int, corpus_dir: str) -> dict:
     """Tiny models, evaluation sets and the corpus slice (each cached; rebuilt only when missing)."""
-    from grain.tiny_models import ensure_tiny_models
+    from grain.testing.tiny_models import ensure_tiny_models
     from evaluation.datasets import ensure_dataset
     from flows.stages import EVAL_DEFAULTS
     from infra.demo_corpus import ensure_corpus

@@ -82,7 +82,7 @@ def ray_local():
 @pytest.fixture(scope="session")
 def tiny_models():
     """Paths of the tiny random-weight checkpoints (built once, cached)."""
-    from grain.tiny_models import ensure_tiny_models
+    from grain.testing.tiny_models import ensure_tiny_models
 
     return ensure_tiny_models()
 
@@ -92,7 +92,7 @@ def s3_server():
     """Endpoint URL of an S3-compatible server (moto, own process, 127.0.0.1, free port).
 
     While it runs, ``GRAIN_S3_ENDPOINT_URL`` and dummy ``AWS_*`` credentials are set in the
-    environment, so ``grain.storage`` (and Ray workers started afterwards) reach it."""
+    environment, so ``grain.common.storage`` (and Ray workers started afterwards) reach it."""
     from tests.storage.s3_server import moto_s3_server
 
     with moto_s3_server() as url:
@@ -104,7 +104,7 @@ def s3_bucket(s3_server):
     """A fresh, empty bucket on the test server: yields ``"s3://<bucket>"``."""
     import uuid
 
-    from grain.storage import open_fs
+    from grain.common.storage import open_fs
 
     name = f"grain-test-{uuid.uuid4().hex[:12]}"
     fs, _ = open_fs(f"s3://{name}")

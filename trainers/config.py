@@ -2,7 +2,7 @@
 
 A run file is either a flat training config or a pipeline run file with a ``train:`` section (other
 stages keep their own sections beside it). ``--set key=value`` overrides use dotted keys
-(``optim.lr=1e-3``, ``model.kind=clip``). Loading, coercion and error messages are grain/runconfig.py's,
+(``optim.lr=1e-3``, ``model.kind=clip``). Loading, coercion and error messages are grain/common/runconfig.py's,
 shared by every stage; ``model`` and ``loss`` are checked against grain.config's ModelConfig/LossConfig
 when the file is loaded. ``grain config show train`` lists every key.
 
@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Literal
 
 from grain.config import PRESETS, LossConfig, ModelConfig
-from grain.runconfig import STRICT_KEYS, ConfigError, Layer, load, parse_set_item
-from grain.runconfig import merge as _merge
-from grain.safety import refuse_test_hooks
+from grain.common.runconfig import STRICT_KEYS, ConfigError, Layer, load, parse_set_item
+from grain.common.runconfig import merge as _merge
+from grain.common.safety import refuse_test_hooks
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 PROFILES = {"tiny": "tiny-cpu.yaml", "paper": "vit-b-16-cc12m.yaml"}
@@ -87,7 +87,7 @@ class TrainConfig:
     ray_address: str | None = None  # None: start/join per ray.init defaults ("auto" to join a cluster)
     find_unused_parameters: bool = False  # GrainLoss keeps region heads in the graph on box-less ranks (zero-valued terms)
     # Chaos test: the last rank raises once before this step (local output). A test hook: refused from
-    # run files and overrides unless GRAIN_ALLOW_TEST_HOOKS=1 (grain/safety.py).
+    # run files and overrides unless GRAIN_ALLOW_TEST_HOOKS=1 (grain/common/safety.py).
     debug_fail_at_step: int | None = None
     log_sample_keys: bool = False  # write <output>/sample_keys/rank<r>.jsonl (resume tests, audits)
 
@@ -174,7 +174,7 @@ def profile_file(profile: str) -> Path:
     return CONFIG_DIR / PROFILES[profile]
 
 
-TEST_HOOK_KEYS = ("debug_fail_at_step",)  # refused from run files / overrides (grain/safety.py)
+TEST_HOOK_KEYS = ("debug_fail_at_step",)  # refused from run files / overrides (grain/common/safety.py)
 
 
 def parse_set(items: list[str]) -> dict:
@@ -193,7 +193,7 @@ def load_config(
     source: str = "overrides",
 ) -> TrainConfig:
     """Profile file, then ``path``, then ``overrides`` (a nested/dotted mapping named ``source`` in
-    errors), then ``--set`` items, merged in that order and validated (grain/runconfig.py)."""
+    errors), then ``--set`` items, merged in that order and validated (grain/common/runconfig.py)."""
     layers = []
     if profile:
         layers.append(Layer.from_file(profile_file(profile), "train"))

@@ -16,8 +16,8 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from grain import storage
-from grain.schema import COLUMNS, STATUS_OK
+from grain.common import storage
+from grain.common.schema import COLUMNS, STATUS_OK
 
 
 class DataError(ValueError):
@@ -28,10 +28,10 @@ class DataError(ValueError):
 
 def list_shards(path: str) -> tuple[list[str], list[str]]:
     """(shards to train on, uncommitted shards ignored) under ``path`` (a directory, searched at every
-    level, or one file), through ``grain.storage.list_shards``: when the directory uses the commit
+    level, or one file), through ``grain.common.storage.list_shards``: when the directory uses the commit
     protocol (any ``*.parquet.done`` marker), a shard still being written is never trained on.
 
-    Paths are inside the filesystem of ``path`` (``grain.storage.pyarrow_fs``)."""
+    Paths are inside the filesystem of ``path`` (``grain.common.storage.pyarrow_fs``)."""
     try:
         files, ignored = storage.list_shards(path, ".parquet", recursive=True)
     except FileNotFoundError as e:

@@ -218,7 +218,7 @@ def _maybe_inject_failure(cfg, next_step: int, rank: int, world: int) -> None:
 
 
 def _download_metrics(log_uri: str, log_dir: str) -> None:
-    from grain import storage
+    from grain.common import storage
 
     src = storage.join(log_uri, "metrics.jsonl")
     if storage.exists(src):
@@ -228,7 +228,7 @@ def _download_metrics(log_uri: str, log_dir: str) -> None:
 
 def _upload_logs(log_dir: str, log_uri: str) -> None:
     """metrics.jsonl and tensorboard/ of rank 0's node → the remote output (each file one atomic write)."""
-    from grain import storage
+    from grain.common import storage
 
     storage.put_dir(log_dir, log_uri, commit=False)
 

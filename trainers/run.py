@@ -26,8 +26,8 @@ import os
 import tempfile
 import time
 
-from grain import storage
-from grain.safety import refuse_test_hooks
+from grain.common import storage
+from grain.common.safety import refuse_test_hooks
 from trainers.config import TEST_HOOK_KEYS, TrainConfig
 from trainers.index import DataError, build_index
 from trainers.optim import warmup_steps_for

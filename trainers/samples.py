@@ -51,7 +51,7 @@ class ShardReader:
     """
 
     def __init__(self, root: str, files: list[str], cache_groups: int = 8):
-        from grain import storage
+        from grain.common import storage
 
         self.fs, _ = storage.pyarrow_fs(root)
         self.files = files

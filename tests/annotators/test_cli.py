@@ -35,7 +35,7 @@ def test_profiles_and_overrides(tmp_path, monkeypatch):
     assert paper.models.detector == "google/owlv2-base-patch16-ensemble" and paper.models.box_threshold == 0.3
     run_file = tmp_path / "run.yaml"
     run_file.write_text("run:\n  batch_size: 3\nmodels:\n  nms_iou: 0.5\n")
-    monkeypatch.setenv("GRAIN_ALLOW_TEST_HOOKS", "1")  # run.inject below is a test hook (grain/safety.py)
+    monkeypatch.setenv("GRAIN_ALLOW_TEST_HOOKS", "1")  # run.inject below is a test hook (grain/common/safety.py)
     cfg = load_config(profile="tiny", path=str(run_file), overrides=["run.max_shards=2", "models.box_threshold=0.25",
                                                                       "run.inject={fail_keys: [a]}"])
     assert (cfg.run.batch_size, cfg.run.max_shards, cfg.models.nms_iou) == (3, 2, 0.5)

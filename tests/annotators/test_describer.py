@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from annotators.describer import DescriberOutput, is_engine_dead
-from grain.parse import parse_mllm_output
+from grain.common.parse import parse_mllm_output
 from annotators.pipeline import resolve_profile
 from annotators.prompts import REQUEST_BUILDERS, detect_family
 

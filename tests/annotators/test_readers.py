@@ -16,7 +16,7 @@ from annotators.readers import (
     discover_shards,
     read_shard,
 )
-from grain.webdataset import unsafe_member_reason
+from grain.common.webdataset import unsafe_member_reason
 
 
 def _tar(path, members):
@@ -111,7 +111,7 @@ def test_tar_too_large_member_not_read(tmp_path, monkeypatch):
     """The oversized member's bytes never leave the disk: the tar reader seeks past them (counted
     through the shard's file object) and no member read is asked for it."""
     import annotators.readers as readers
-    from grain import webdataset
+    from grain.common import webdataset
 
     payload = 4 << 20
     shard = tmp_path / "00000.tar"

@@ -56,7 +56,7 @@ def test_every_content_key_has_a_case():
 
 @pytest.mark.parametrize("key", sorted(CHANGES))
 def test_changing_a_content_setting_refuses_naming_key_and_both_values(tmp_path, key, monkeypatch):
-    monkeypatch.setenv("GRAIN_ALLOW_TEST_HOOKS", "1")  # models.extra_engine_args is a test hook (grain/safety.py)
+    monkeypatch.setenv("GRAIN_ALLOW_TEST_HOOKS", "1")  # models.extra_engine_args is a test hook (grain/common/safety.py)
     base = load_config(profile="tiny")
     out = _finished_folder(tmp_path, base)
     changed = load_config(profile="tiny", overrides=[_override(key, CHANGES[key])])

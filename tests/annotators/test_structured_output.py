@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from grain.parse import _clean, parse_mllm_output
+from grain.common.parse import _clean, parse_mllm_output
 from annotators.prompts import answer_regex
 
 WORD = st.text(alphabet="abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=8)

@@ -7,8 +7,8 @@ import pytest
 
 from annotators.manifest import ManifestMismatch, RunManifest
 from annotators.writer import OutputPathError, ShardWriter
-from grain import storage
-from grain.schema import SchemaError, empty_row, error_row, read_table
+from grain.common import storage
+from grain.common.schema import SchemaError, empty_row, error_row, read_table
 
 
 def _ok_row(key):

@@ -18,7 +18,7 @@ def setup(tmp_path_factory):
     from grain.checkpoint import save_checkpoint
     from grain.config import ModelConfig
     from grain.model import build_model
-    from grain.schema import write_fixture_shards
+    from grain.testing.fixtures import write_fixture_shards
 
     from evaluation import datasets as D
 

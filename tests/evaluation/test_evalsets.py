@@ -125,7 +125,7 @@ def test_tar_members_over_the_total_cap_are_refused_naming_the_tar(tmp_path, mon
     """Every member under the per-member cap, their sum over the per-tar cap: refused before the
     member that passes it is read."""
     from evaluation.evalsets import MAX_TAR_BYTES, load_clip_benchmark_wds
-    from grain import webdataset
+    from grain.common import webdataset
 
     members = [(f"s{i}.png", b"x" * 3000) for i in range(4)] + [(f"s{i}.cls", b"0") for i in range(4)]
     root = _wds(tmp_path / "many", sorted(members), classnames=["a"])
@@ -181,7 +181,7 @@ def test_clip_benchmark_wds_retrieval_multiple_captions(tmp_path):
 
 
 def test_annotated_shards_retrieval(tmp_path):
-    from grain.schema import write_fixture_shards
+    from grain.testing.fixtures import write_fixture_shards
 
     write_fixture_shards(str(tmp_path / "shards"), num_shards=2, rows_per_shard=3, error_rows_per_shard=1)
     ds = load_evalset(str(tmp_path / "shards"))

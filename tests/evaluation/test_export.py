@@ -16,7 +16,7 @@ TEXTS = ["a photo of a flag.", "red colour", "a blue and white flag with a star"
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    from grain.schema import FixtureSpec, write_fixture_shards
+    from grain.testing.fixtures import FixtureSpec, write_fixture_shards
     from trainers.cli import main as train
 
     from evaluation import datasets as D

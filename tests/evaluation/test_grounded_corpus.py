@@ -85,7 +85,7 @@ def _digest(folder):
     h = hashlib.sha256()
     for f in sorted(os.listdir(folder)):
         if f.endswith(".parquet"):
-            from grain.schema import read_table
+            from grain.common.schema import read_table
 
             t = read_table(os.path.join(folder, f))
             h.update(json.dumps(t.drop(["image"]).to_pylist(), sort_keys=True).encode())
@@ -97,7 +97,7 @@ def _digest(folder):
 def test_corpus_shards_follow_the_schema_are_reproducible_and_train(tmp_path, objects):
     from grain.config import ModelConfig
     from grain.data import make_batch, sample_from_row
-    from grain.schema import read_table
+    from grain.common.schema import read_table
 
     spec = gc.CorpusSpec(images=12, shard_size=5, row_group_size=2, seed=3)
     emoji, stamps = objects[:4], objects[4:]

@@ -30,7 +30,7 @@ def test_split_accuracy_seen_unseen():
 
 
 def test_manifest_formats(tmp_path):
-    from grain.schema import write_fixture_shards
+    from grain.testing.fixtures import write_fixture_shards
 
     paths = write_fixture_shards(str(tmp_path / "shards"), num_shards=2, rows_per_shard=2, error_rows_per_shard=1)
     (tmp_path / "m1.json").write_text(json.dumps({"data_files": ["shards/fixture-00000.parquet"]}))

@@ -74,7 +74,7 @@ def test_overlay_draws_boxes_in_the_decoded_frame(tmp_path):
     from PIL import Image
 
     from flows import visuals
-    from grain.schema import write_fixture_shards
+    from grain.testing.fixtures import write_fixture_shards
 
     paths = write_fixture_shards(str(tmp_path), num_shards=1, rows_per_shard=6, min_objects=1, max_objects=1, width=96, height=80)
     rows = visuals.pick_rows(paths, 2)
@@ -118,7 +118,8 @@ def test_report_annotation_creates_table_and_overlay_artifacts(prefect_api, tmp_
 
     from annotators.manifest import RunManifest
     from flows.annotate import report_annotation
-    from grain.schema import read_table, summarise, write_fixture_shards
+    from grain.common.schema import read_table, summarise
+    from grain.testing.fixtures import write_fixture_shards
 
     monkeypatch.delenv("GRAIN_ARTIFACT_DIR", raising=False)
     out = str(tmp_path / "annot")
@@ -173,8 +174,8 @@ def test_flow_helpers_read_an_s3_workdir(s3_bucket, tmp_path):
     from flows import visuals
     from flows.annotate import _count_inputs, _manifest, list_parquet, shard_box_stats
     from flows.pretrain import _progress
-    from grain import storage
-    from grain.schema import write_fixture_shards
+    from grain.common import storage
+    from grain.testing.fixtures import write_fixture_shards
 
     local = tmp_path / "shards"
     paths = write_fixture_shards(str(local), num_shards=2, rows_per_shard=3, min_objects=1, max_objects=2)

@@ -5,7 +5,8 @@ import torch
 
 from grain.config import ModelConfig
 from grain.data import make_batch, sample_from_row
-from grain.schema import read_table, write_fixture_shards
+from grain.common.schema import read_table
+from grain.testing.fixtures import write_fixture_shards
 
 
 @pytest.fixture(scope="session")

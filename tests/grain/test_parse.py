@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from grain.parse import MAX_CAPTION_CHARS, MAX_DESCRIPTION_CHARS, MAX_DESCRIPTIONS, parse_mllm_output
+from grain.common.parse import MAX_CAPTION_CHARS, MAX_DESCRIPTION_CHARS, MAX_DESCRIPTIONS, parse_mllm_output
 
 
 def _check_invariants(caption, descs):

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from grain import tiny_models as tm
+from grain.testing import tiny_models as tm
 
 
 def test_all_four_load_with_transformers(tiny_models):

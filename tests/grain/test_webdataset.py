@@ -1,11 +1,11 @@
-"""grain.webdataset: the one tar reader (keys, member kinds, unsafe names, bounded reads, corrupt archives)."""
+"""grain.common.webdataset: the one tar reader (keys, member kinds, unsafe names, bounded reads, corrupt archives)."""
 
 import io
 import tarfile
 
 import pytest
 
-from grain.webdataset import iter_members, split_key, unsafe_member_reason
+from grain.common.webdataset import iter_members, split_key, unsafe_member_reason
 
 
 def _tar_bytes(members) -> bytes:

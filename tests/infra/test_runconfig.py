@@ -1,4 +1,4 @@
-"""grain/runconfig.py and the stages on it: numbers, wrong types and unknown keys behave the same in every
+"""grain/common/runconfig.py and the stages on it: numbers, wrong types and unknown keys behave the same in every
 stage (annotate, train, eval, bench; file, --set and flow overrides), and no setting promises what the
 shard schema refuses."""
 
@@ -8,7 +8,7 @@ import pytest
 
 from benchmarks.bench_config import load_bench_config
 from benchmarks.bench_grounding import SMOKE_CONFIG
-from grain.runconfig import ConfigError
+from grain.common.runconfig import ConfigError
 
 # stage → (load(sets) -> config, dotted key of a float field, of an int field, getter of the float)
 STAGES = {
@@ -84,7 +84,7 @@ def test_same_coercion_for_booleans_lists_and_nulls():
 def test_no_setting_promises_what_the_schema_refuses():
     """`models.max_boxes=60` was accepted, then every row with > 50 boxes became model_error."""
     from annotators.config import load_config
-    from grain.schema import MAX_BOXES, MAX_DESCRIPTIONS
+    from grain.common.schema import MAX_BOXES, MAX_DESCRIPTIONS
 
     with pytest.raises(ConfigError, match=rf"^models.max_boxes: must be in \[1, {MAX_BOXES}\] .*got 60 \(from --set models.max_boxes=60\)$"):
         load_config(profile="tiny", overrides=["models.max_boxes=60"])

@@ -219,7 +219,7 @@ def test_stack_pipeline_survives_a_killed_worker_and_stops_cleanly(stack_env, tm
     assert crashed["state"]["type"] == "CRASHED", crashed["state"]
     assert crashed["state"]["message"] == ZOMBIE_MESSAGE.format(s=ZOMBIE_AFTER_S)
     _assert_loopback(during, "grain-pipeline run")
-    from grain.schema import read_table
+    from grain.common.schema import read_table
 
     shards = sorted(glob.glob(os.path.join(out, "*.parquet")))
     assert len(shards) == n_shards and all(os.path.exists(p + ".done") for p in shards)

@@ -23,7 +23,7 @@ import time
 
 import pytest
 
-from grain import storage
+from grain.common import storage
 from tests.infra_k8s.conftest import REPO
 from tests.infra_k8s.multinode import local_ray_cluster, process_titles
 

@@ -32,7 +32,7 @@ import pyarrow as pa
 import pytest
 
 from annotators.badinputs import build_bad_input_corpus
-from grain.schema import read_table
+from grain.common.schema import read_table
 from tests.procs import kill_all
 
 pytestmark = pytest.mark.slow

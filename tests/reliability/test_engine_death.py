@@ -20,7 +20,7 @@ import time
 import pytest
 
 from annotators.stages import engine_processes
-from grain.schema import read_table
+from grain.common.schema import read_table
 
 pytestmark = pytest.mark.slow
 

@@ -18,10 +18,10 @@ from PIL import Image
 
 from annotators.describer import DescriberOutput
 from annotators.grounder import GroundingOutput, unpad_boxes, valid_boxes
-from grain.parse import MAX_CAPTION_CHARS, MAX_DESCRIPTIONS, parse_mllm_output
+from grain.common.parse import MAX_CAPTION_CHARS, MAX_DESCRIPTIONS, parse_mllm_output
 from annotators.pipeline import finalize_row
 from annotators.stages import DescribeStage, GroundStage, decode_batch, to_batch
-from grain.schema import to_table, validate_table
+from grain.common.schema import to_table, validate_table
 
 MODELS = {"mllm_id": "test-mllm", "detector_id": "test-detector"}
 LONG = "\n".join(f"- object number {i} with a rather long description of its shape and colour" for i in range(800))

@@ -3,7 +3,7 @@
 - A checkpoint carrying a malicious pickle (its ``__reduce__`` runs a shell command) is refused by
   grain.checkpoint.load_checkpoint and by the trainer's state loading (trainers.state.load_state),
   and the command never runs. A control load with ``weights_only=False`` proves the payload is live.
-- Shards are Parquet only: a pickle saved under a shard name is refused by grain.schema.read_table.
+- Shards are Parquet only: a pickle saved under a shard name is refused by grain.common.schema.read_table.
 - Every ``torch.load`` in the project, however imported (``from torch import load``, an alias,
   ``torch.serialization.load``), passes ``weights_only=True``; no ``pickle.load(s)``/``np.load(allow_pickle)``.
 - grain.data.decode_image checks the pixel limit from the header, before any pixel is decoded.
@@ -70,7 +70,7 @@ def test_trainer_state_refuses_malicious_pickle(tmp_path):
 
 
 def test_shards_are_parquet_only(tmp_path):
-    from grain.schema import read_table
+    from grain.common.schema import read_table
 
     marker = tmp_path / "pwned"
     with open(tmp_path / "00000.parquet", "wb") as f:

@@ -1,4 +1,4 @@
-"""Test hooks are refused from outside input unless the environment allows them (grain/safety.py).
+"""Test hooks are refused from outside input unless the environment allows them (grain/common/safety.py).
 
 ``run.inject`` (kills a model actor, slows batches), ``models.extra_engine_args`` (any vLLM engine
 argument) and the trainer's ``debug_fail_at_step`` are refused when they come from a run file, a
@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from annotators.config import ConfigError, load_config
-from grain.safety import ALLOW_TEST_HOOKS_ENV, TestHookRefused
+from grain.common.safety import ALLOW_TEST_HOOKS_ENV, TestHookRefused
 
 HOOKS = [("run.inject", "{fail_keys: [a]}", "run:\n  inject: {crash_key: k, crash_marker: /tmp/x}\n"),
          ("models.extra_engine_args", "{trust_remote_code: true}",

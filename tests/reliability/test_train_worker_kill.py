@@ -18,7 +18,7 @@ import time
 import psutil
 import pytest
 
-from grain.schema import FixtureSpec, write_fixture_shards
+from grain.testing.fixtures import FixtureSpec, write_fixture_shards
 from trainers.config import load_config
 from trainers.run import run_training
 

@@ -35,7 +35,7 @@ def free_port() -> int:
 def moto_s3_server(timeout_s: float = 30.0):
     """Start ``moto_server`` on 127.0.0.1:<free port>; yield its endpoint URL; stop it on exit.
 
-    The environment of this process is set (and restored afterwards) so that ``grain.storage`` and
+    The environment of this process is set (and restored afterwards) so that ``grain.common.storage`` and
     any subprocess (Ray workers) find the endpoint and the dummy credentials."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"

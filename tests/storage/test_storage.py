@@ -1,4 +1,4 @@
-"""grain.storage on a local disk and on a real S3-compatible HTTP server (moto, see s3_server.py)."""
+"""grain.common.storage on a local disk and on a real S3-compatible HTTP server (moto, see s3_server.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from grain import storage
+from grain.common import storage
 
 # Every protocol-level test runs twice: local directory and an S3 bucket over HTTP.
 @pytest.fixture(params=["local", "s3"])
@@ -196,7 +196,7 @@ def test_storage_imports_no_heavy_stacks():
     import sys
 
     # (torch is not checked: infra/compat's .pth imports it in every interpreter of this venv)
-    code = "import sys, grain.storage; print([m for m in ('ray', 'prefect', 'vllm') if m in sys.modules])"
+    code = "import sys, grain.common.storage; print([m for m in ('ray', 'prefect', 'vllm') if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=os.getcwd(), check=True)
     assert out.stdout.strip() == "[]"
 

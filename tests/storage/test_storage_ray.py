@@ -1,4 +1,4 @@
-"""Ray Data reads committed Parquet shards from S3 through grain.storage's pyarrow adapter."""
+"""Ray Data reads committed Parquet shards from S3 through grain.common.storage's pyarrow adapter."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from grain import storage
+from grain.common import storage
 from tests.storage.s3_server import S3_ENV
 
 

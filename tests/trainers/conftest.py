@@ -1,4 +1,4 @@
-"""Shared fixtures of the trainer tests: fixture shards (grain.schema.write_fixture_shards)."""
+"""Shared fixtures of the trainer tests: fixture shards (grain.testing.fixtures.write_fixture_shards)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from grain.schema import FixtureSpec, write_fixture_shards
+from grain.testing.fixtures import FixtureSpec, write_fixture_shards
 
 
 @pytest.fixture(scope="session")

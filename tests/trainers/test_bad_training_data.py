@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from grain.schema import FixtureSpec, write_fixture_shards
+from grain.testing.fixtures import FixtureSpec, write_fixture_shards
 
 
 def _train(capsys, data, tmp_path) -> tuple[int, str]:

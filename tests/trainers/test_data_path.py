@@ -11,7 +11,8 @@ import torch
 
 from grain.config import ModelConfig
 from grain.data import make_batch, sample_from_row, top_boxes
-from grain.schema import FixtureSpec, empty_row, to_table, write_fixture_shards, write_table
+from grain.common.schema import empty_row, to_table, write_table
+from grain.testing.fixtures import FixtureSpec, write_fixture_shards
 from trainers.index import DataError, build_index
 from trainers.plan import epoch_batches, rank_rows, steps_per_epoch
 from trainers.samples import BatchStream, ShardReader

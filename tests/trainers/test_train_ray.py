@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from grain.checkpoint import load_checkpoint
-from grain.schema import FixtureSpec, write_fixture_shards
+from grain.testing.fixtures import FixtureSpec, write_fixture_shards
 from trainers.config import load_config
 from trainers.metrics import read_metrics
 from trainers.run import run_training
@@ -84,7 +84,7 @@ def test_stopped_then_rerun_matches_an_uninterrupted_run(full_run, small_shards,
     assert part["steps"] == STOP
     # Same output → same Ray run name/storage → resumes at STOP. On the way, a worker fails once before
     # step 6; FailureConfig restarts the group from the step-4 checkpoint and steps 5–6 are redone.
-    monkeypatch.setenv("GRAIN_ALLOW_TEST_HOOKS", "1")  # debug_fail_at_step is a test hook (grain/safety.py)
+    monkeypatch.setenv("GRAIN_ALLOW_TEST_HOOKS", "1")  # debug_fail_at_step is a test hook (grain/common/safety.py)
     done = run_training(_cfg(small_shards, out, max_failures=1, debug_fail_at_step=6))
     assert done["steps"] == STEPS
     assert os.path.exists(os.path.join(out, ".failure-injected-at-step-6"))

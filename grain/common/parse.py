@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from grain.schema import MAX_DESCRIPTIONS  # METHOD.md §1.1: defined once, by the shard schema
+from grain.common.schema import MAX_DESCRIPTIONS  # METHOD.md §1.1: defined once, by the shard schema
 
 MAX_DESCRIPTION_CHARS = 200  # OWLv2 reads 16 tokens anyway; long lines are the model rambling
 MAX_CAPTION_CHARS = 1000

@@ -1,6 +1,6 @@
 """webdataset tar shards (img2dataset's and clip_benchmark's layout): the one tar reader of the project.
 
-    with open(path, "rb") as f:                 # or an fsspec file: grain.storage.open_fs(uri)
+    with open(path, "rb") as f:                 # or an fsspec file: grain.common.storage.open_fs(uri)
         for m in iter_members(f):               # one TarMember per entry, in archive order
             if m.kind == "file" and m.unsafe is None:
                 data = m.read()                 # valid while the iteration is at this member

@@ -345,7 +345,7 @@ def list_shards(path: str, suffix: str = ".parquet", recursive: bool = False,
     URI (the S3 endpoint of the environment applies). Commit rule: when any ``<shard>.done`` marker is
     present, only committed shards are listed and the others come back as ``uncommitted`` (a writer
     still busy, or one that crashed); a folder without any marker (shards written by a tool that does
-    not use the protocol, e.g. ``grain.schema.write_fixture_shards``) lists every shard. Both lists are
+    not use the protocol, e.g. ``grain.testing.fixtures.write_fixture_shards``) lists every shard. Both lists are
     sorted caller-facing locations (plain paths stay plain, URIs keep their protocol). A missing ``path``
     raises FileNotFoundError naming it."""
     fs, root = open_fs(path, storage_options)
