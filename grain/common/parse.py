@@ -4,7 +4,7 @@ Shared by the annotation stage's describer, which asks for a ``Caption:`` line a
 bullet list (annotators/prompts.py), and by ``grain describe-classes`` (evaluation/describe.py, bullets
 only); it lives in the library so that neither stage imports the other. A model may answer in any
 order, with other bullet styles, without headers, or (a tiny random model) with garbage. Rules
-(METHOD.md §1.1):
+(docs/method.md §1.2):
 
 - Bullets: ``-``, ``*``, ``•``, ``·``, ``–``, ``1.``, ``1)``, ``(1)`` prefixes; the prefix is stripped.
 - Headers ``Caption:`` / ``Descriptions:`` (also "Dense caption", "Objects", "Visual descriptions", any
@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from grain.common.schema import MAX_DESCRIPTIONS  # METHOD.md §1.1: defined once, by the shard schema
+from grain.common.schema import MAX_DESCRIPTIONS  # defined once, by the shard schema (docs/method.md §1.2)
 
 MAX_DESCRIPTION_CHARS = 200  # OWLv2 reads 16 tokens anyway; long lines are the model rambling
 MAX_CAPTION_CHARS = 1000

@@ -1,9 +1,9 @@
 """The annotated-shard schema: the contract between annotation, training, evaluation and the benchmark.
 
-One Parquet file per input shard, one row per input image (METHOD.md §1). Nothing is dropped: an
+One Parquet file per input shard, one row per input image (docs/method.md §1.5). Nothing is dropped: an
 image that could not be processed is an *error row* (``status != "ok"``, ``error`` says why).
 
-Box frame (METHOD.md §1, "one frame everywhere"): ``boxes`` are ``[x1, y1, x2, y2]`` normalised to
+Box frame (docs/method.md §1.4): ``boxes`` are ``[x1, y1, x2, y2]`` normalised to
 [0, 1] in the *decoded* image (EXIF orientation applied, converted to RGB), whose size is
 ``image_width`` × ``image_height``. Training squash-resizes, which leaves normalised coordinates
 unchanged, so the trainer only converts xyxy → cxcywh.

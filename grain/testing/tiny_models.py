@@ -5,7 +5,7 @@
     grain models build-tiny --size bench          # llava-bench, owlv2-bench (≥ 50 ms per image)
 
 Nothing is downloaded: tokenizers are byte-level BPEs trained with `tokenizers` on an in-memory
-corpus, weights are random with fixed seeds, configs follow STACK.md "Building tiny models offline"
+corpus, weights are random with fixed seeds, configs keep what the engines need offline
 (head_dim ≥ 32 because vLLM's CPU attention rejects 16; LLaVA's vision keys renamed to the hub
 layout `vision_tower.vision_model.*` that vLLM 0.32 expects).
 
@@ -171,7 +171,7 @@ def build_llava(out: Path, s: dict) -> None:
     model = LlavaForConditionalGeneration(cfg).eval()
     model.save_pretrained(out)
     # transformers 5 writes the legacy layout `vision_tower.embeddings.*`; vLLM 0.32 wants the hub's
-    # `vision_tower.vision_model.*` (STACK.md). transformers reloads either.
+    # `vision_tower.vision_model.*`. transformers reloads either.
     _save_safetensors_renamed(out, {"vision_tower.": "vision_tower.vision_model."})
     image_proc = CLIPImageProcessorPil(size={"shortest_edge": s["image"]}, crop_size={"height": s["image"], "width": s["image"]})
     LlavaProcessor(image_processor=image_proc, tokenizer=tok, patch_size=s["patch"], vision_feature_select_strategy="default",
@@ -237,7 +237,7 @@ def build_owlv2(out: Path, s: dict) -> None:
     # start token must not be 0.
     order = sorted((t for t in bpe["vocab"] if t not in specials), key=lambda t: (t != "!", bpe["vocab"][t]))
     vocab = {t: i for i, t in enumerate(order + specials)}
-    # In memory: CLIPTokenizer(vocab_file=..., merges_file=...) yields a useless 2-token tokenizer (STACK.md).
+    # In memory: CLIPTokenizer(vocab_file=..., merges_file=...) yields a useless 2-token tokenizer.
     tok = CLIPTokenizer(vocab=vocab, merges=merges, pad_token="!")
     tok.model_max_length = 16
     cfg = Owlv2Config(
