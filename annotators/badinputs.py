@@ -187,7 +187,7 @@ def _write_extended_shards(root: str, corpus: "BadInputCorpus", photo: Image.Ima
         tb.add(f"{key}.{ext}", data)
         tb.add(f"{key}.txt", cap.encode())
         corpus.expected[key] = exp
-    idx = tb.add("../x.jpg", encode(photo))  # the issue's `../x.jpg`: never extracted, an input_error row
+    idx = tb.add("../x.jpg", encode(photo))  # a path-traversal member: never extracted, an input_error row
     corpus.expected[f"00003/unsafe-member-{idx:06d}"] = Expected("input_error")
     tb.close()
     corpus.shards.append(path)

@@ -21,7 +21,7 @@ from annotators.stages import decode_batch, read_shards_batch
 
 LIMITS = {"max_image_bytes": 32 << 20, "max_caption_chars": 4000, "max_json_bytes": 1 << 20}
 
-# The kinds of bad input the issue lists, mapped to the corpus entries that exercise them.
+# The kinds of bad input docs/reliability.md lists, mapped to the corpus entries that exercise them.
 KINDS = ("truncated_jpeg", "truncated_png", "corrupt_png_crc", "zero_bytes", "not_an_image", "one_pixel", "bomb_png",
          "cmyk_jpeg", "png_16bit", "animated_gif", "alpha_png", "palette_png", "exif_rotated", "missing_caption",
          "non_utf8_caption", "caption_1mb")
