@@ -32,20 +32,25 @@ def test_killed_vllm_engine_is_restarted_and_its_batch_retried(tiny_models, tmp_
     info = build_corpus(inp, limit=16, shard_size=4, show_progress=False)
     cmd = [sys.executable, "-m", "annotators.cli", "--input", inp, "--output", out, "--profile", "tiny", "--json",
            "--no-progress", "--set", "run.batch_size=2", "--set", "run.decode_batch_size=2", "--set", "run.max_restarts=2",
-           # ≥ 0.5 s per MLLM batch (a test hook): the 3 shards after the first need ≥ 3 s more, so the kill
-           # lands mid-run however fast the machine (once, the whole run ended before the kill).
-           "--set", "run.inject.describe_delay_s=0.5"]
+           # ≥ 2 s per MLLM batch (a test hook) makes the describer the slowest stage, so its engine still has
+           # ≥ 12 s of batches to serve when the first shard commits. With 0.5 s, on a loaded CI machine, the
+           # grounder lagged behind: the describer had finished and its engine was gone before any commit.
+           "--set", "run.inject.describe_delay_s=2.0"]
     env = {**os.environ, "PYTHONPATH": os.getcwd(), "GRAIN_ALLOW_TEST_HOOKS": "1"}
     log, outf = open(tmp_path / "run.log", "w"), open(tmp_path / "stdout.txt", "w")  # files: a pipe could fill
     proc = subprocess.Popen(cmd, env=env, stdout=outf, stderr=log, start_new_session=True)
-    engines_seen: dict[int, float] = {}
+    t0 = time.time()
+    engines_seen: dict[int, float] = {}  # pid → seconds after start when first seen
+    commits: dict[str, float] = {}  # committed shard → seconds after start when first seen
     killed = None
     try:
         deadline = time.time() + 500
         while proc.poll() is None and time.time() < deadline:
             for e in engine_processes(proc.pid):
-                engines_seen.setdefault(e.pid, time.time())
-            if killed is None and glob.glob(os.path.join(out, "*.parquet.done")):
+                engines_seen.setdefault(e.pid, round(time.time() - t0, 1))
+            for done in glob.glob(os.path.join(out, "*.parquet.done")):
+                commits.setdefault(os.path.basename(done), round(time.time() - t0, 1))
+            if killed is None and commits:
                 live = engine_processes(proc.pid)
                 if live:
                     killed = live[0].pid
@@ -61,8 +66,9 @@ def test_killed_vllm_engine_is_restarted_and_its_batch_retried(tiny_models, tmp_
         outf.close()
     stdout = open(tmp_path / "stdout.txt").read()
     errlog = open(tmp_path / "run.log").read()[-4000:]
-    assert killed is not None, "no vLLM engine process found to kill: " + errlog
-    assert done_at_kill < info["shards"], "the run finished before the kill; nothing was tested"
+    timeline = f"engines first seen at {engines_seen} s, shards committed at {commits} s, exit {proc.returncode}"
+    assert killed is not None, f"no vLLM engine process found to kill ({timeline}): {errlog}"
+    assert done_at_kill < info["shards"], f"the run finished before the kill; nothing was tested ({timeline})"
     assert proc.returncode == 0, errlog
     summary = json.loads(stdout[stdout.index("{"):])
     assert summary["shards_written"] == info["shards"]
