@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass, field
 
 from grain.common.parse import MAX_DESCRIPTIONS, parse_mllm_output
+from grain.common.vllm_args import engine_kwargs as vllm_engine_kwargs
 from annotators.prompts import (
     CAPTION_MAX_CHARS,
     DESCRIPTION_MAX_CHARS,
@@ -45,22 +46,19 @@ class DescriberOutput:
 
 
 def is_engine_dead(e: BaseException) -> bool:
-    """True when vLLM's engine process died (unrecoverable in this process)."""
-    seen = set()
-    while e is not None and id(e) not in seen:
+    """True when vLLM's engine process died (unrecoverable in this process): an ``EngineDead*`` error
+    anywhere in the chain of ``e``, through both ``__cause__`` and ``__context__`` (a wrapper may raise
+    ``from`` something else while the engine death is its context). The one test of the annotation stage."""
+    seen, todo = set(), [e]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
         seen.add(id(e))
         if "EngineDead" in type(e).__name__:
             return True
-        e = e.__cause__ or e.__context__
+        todo += [e.__cause__, e.__context__]
     return False
-
-
-def _default_dtype() -> str:
-    """float32 on CPU: vLLM's "auto" downcasts float32 checkpoints to bfloat16, which these CPUs emulate
-    (no AVX512-BF16) and which breaks parity with transformers; "auto" (the checkpoint's dtype) on GPUs."""
-    import torch
-
-    return "auto" if torch.cuda.is_available() else "float32"
 
 
 class Describer:
@@ -93,23 +91,26 @@ class Describer:
             raise ValueError(f"Describer: unknown family {self.family!r} for {model!r}; expected {sorted(REQUEST_BUILDERS)}")
         self.request: ModelRequest = REQUEST_BUILDERS[self.family](question or describe_question(max_descriptions))
         self.max_descriptions = max_descriptions
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; vLLM's CPU default (4+) is too much here
 
         # Built before the engine so a bad bound fails fast, naming the argument.
         self.answer_regex = (answer_regex(max_descriptions, caption_max_chars, description_max_chars)
                              if structured_output else None)
 
-        from vllm import LLM, SamplingParams
+        import torch
 
         engine_kwargs = {k: v for k, v in engine_kwargs.items() if v is not None}
         kwargs = {**self.request.engine_kwargs, "model": model, "enforce_eager": enforce_eager,
-                  "max_model_len": max_model_len, "seed": seed, "dtype": dtype or _default_dtype()}
+                  "max_model_len": max_model_len, "seed": seed, "dtype": dtype}
         if revision:  # a pinned hub commit for the weights and the tokenizer/processor alike
             kwargs.update(revision=revision, tokenizer_revision=revision)
         if structured_output:
             kwargs["structured_outputs_config"] = {"backend": structured_output_backend}
         kwargs.update(engine_kwargs)
+        # The CPU fixes (float32, a small KV cache) shared with every vLLM engine of the project.
+        kwargs = vllm_engine_kwargs(kwargs, on_gpu=torch.cuda.is_available())
         self.engine_kwargs = kwargs
+        from vllm import LLM, SamplingParams
+
         self.llm = LLM(**kwargs)
         guided = None
         if structured_output:

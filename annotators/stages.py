@@ -25,6 +25,7 @@ import time
 
 import pyarrow as pa
 
+from annotators.describer import is_engine_dead
 from annotators.readers import InputShard, read_shard, record
 from grain.common.schema import MAX_BOXES, MAX_DESCRIPTIONS
 
@@ -116,11 +117,6 @@ def _build(cls, model: str, kwargs: dict):
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return cls(model, **kwargs)
     return cls(model, **{k: v for k, v in kwargs.items() if k in params})
-
-
-def _engine_dead(e: BaseException) -> bool:
-    """vLLM's engine process died: the actor must restart (Ray re-runs the batch), not mark rows failed."""
-    return any("EngineDead" in type(x).__name__ for x in (e, e.__cause__, e.__context__) if x is not None)
 
 
 def count_restart(actor_id: str | None, reconstructed: bool, max_restarts: int, state_dir: str) -> int:
@@ -301,7 +297,7 @@ class DescribeStage(_ModelStage):
         try:
             return list(self.describer.describe(images))
         except Exception as e:
-            if _engine_dead(e):
+            if is_engine_dead(e):  # the actor must restart (Ray re-runs the batch), not mark rows failed
                 log.error("MLLM engine died (%s): exiting so Ray restarts this actor and retries the batch", e)
                 os._exit(1)
             if len(images) == 1:

@@ -74,11 +74,16 @@ def describe(classnames: list[str], model: str, max_tokens: int = 96, engine_kwa
     """``{class: [descriptor, ...]}`` (≤ MAX_DESCRIPTORS each; may be empty) from greedy generations.
     ``structured``: generation is constrained (vLLM structured outputs) to the bullet list the question asks
     for (``bullets_regex``), so every answer that is not cut by ``max_tokens`` parses."""
-    from vllm import LLM, SamplingParams
+    import torch
 
     from grain.common.parse import parse_mllm_output
+    from grain.common.vllm_args import engine_kwargs as vllm_engine_kwargs
 
-    kwargs = {"max_model_len": 512, "enforce_eager": True, "seed": 0, **(engine_kwargs or {})}
+    # The CPU fixes of every vLLM engine here (float32, a small KV cache), as the annotation stage's describer.
+    kwargs = vllm_engine_kwargs({"max_model_len": 512, "enforce_eager": True, "seed": 0, **(engine_kwargs or {})},
+                                on_gpu=torch.cuda.is_available())
+    from vllm import LLM, SamplingParams
+
     guided = None
     if structured:
         from vllm.sampling_params import StructuredOutputsParams

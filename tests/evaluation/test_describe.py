@@ -32,6 +32,36 @@ def test_read_classes_formats_and_errors(tmp_path):
         read_classes(str(tmp_path / "nope.txt"), None)
 
 
+def test_describe_engine_gets_the_cpu_fixes(monkeypatch):
+    """The describe-classes engine is built like the annotation stage's (grain.common.vllm_args): float32
+    and a small KV cache on a CPU machine, the caller's dtype kept."""
+    import types
+
+    import torch
+
+    from evaluation.describe import describe
+    from grain.common.vllm_args import engine_kwargs
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_llm(**kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=fake_llm, SamplingParams=None))
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(Stop):
+        describe(["red fox"], "some-model", structured=False)
+    assert seen["dtype"] == "float32" and seen["model"] == "some-model" and seen["max_model_len"] == 512
+    assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    assert engine_kwargs({"dtype": "bfloat16"}, on_gpu=False)["dtype"] == "bfloat16"
+    assert engine_kwargs({"dtype": None}, on_gpu=True)["dtype"] == "auto"
+
+
 @pytest.mark.slow
 def test_describe_classes_with_tiny_text_llm(tmp_path, tiny_models):
     (tmp_path / "classes.txt").write_text("red fox\nbarn owl\nsea turtle\n")
