@@ -19,15 +19,18 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from grain.experimental import OPTIONS
+
 # Run files are validated into these classes by the stages' config engine (pydantic, outside the model
 # library): it reads this plain-dict setting, so the library itself imports no config engine.
 STRICT_KEYS = {"extra": "forbid", "coerce_numbers_to_str": True}
 
 KINDS = ("grain", "clip")
-MEMORY_POS = ("none", "sine", "sine_kv")  # decoder memory positional encodings (ModelConfig.decoder_memory_pos)
-VISION_POS = ("learned", "sincos2d")  # the ViT's positional embedding (ModelConfig.vision_pos_embed)
-REGION_QUERIES = ("learned", "two_stage")  # where region queries come from (ModelConfig.region_queries)
-PROPOSAL_HEADS = ("mlp", "conv")  # the two-stage proposal heads (ModelConfig.proposal_head)
+# The options that are not the paper's model, default first (grain/experimental/__init__.py lists them).
+MEMORY_POS = OPTIONS["decoder_memory_pos"]  # decoder memory positional encodings
+VISION_POS = OPTIONS["vision_pos_embed"]  # the ViT's positional embedding
+REGION_QUERIES = OPTIONS["region_queries"]  # where region queries come from
+PROPOSAL_HEADS = OPTIONS["proposal_head"]  # the two-stage proposal heads
 
 
 @dataclass

@@ -40,6 +40,7 @@ from torch import nn
 from grain import box_ops
 from grain.config import LossConfig
 from grain.dist import all_reduce_sum, gather_with_grad, is_distributed
+from grain.experimental import two_stage
 from grain.matcher import HungarianMatcher
 
 
@@ -98,8 +99,8 @@ class GrainLoss(nn.Module):
         losses["loss"] = (
             losses["loss_ic"] + c.lambda_box * (losses["loss_l1"] + losses["loss_giou"]) + c.lambda_rd * losses["loss_rd"]
         )
-        if "proposal_logits" in outputs:  # ModelConfig.region_queries="two_stage"
-            prop = self._proposal_losses(outputs["proposal_logits"], outputs["proposal_boxes"], tb, timg)
+        if "proposal_logits" in outputs:  # an option, not the paper: ModelConfig.region_queries="two_stage"
+            prop = two_stage.proposal_losses(outputs["proposal_logits"], outputs["proposal_boxes"], tb, timg)
             losses.update(prop)
             losses["loss"] = losses["loss"] + c.lambda_proposal * (
                 prop["loss_prop_cls"] + prop["loss_prop_l1"] + prop["loss_prop_giou"])
@@ -123,44 +124,6 @@ class GrainLoss(nn.Module):
         l1 = (src - tgt).abs().sum() / num
         giou = box_ops.elementwise_generalized_box_iou(box_ops.box_cxcywh_to_xyxy(src), box_ops.box_cxcywh_to_xyxy(tgt))
         return {"loss_l1": l1, "loss_giou": (1 - giou).sum() / num}
-
-    @staticmethod
-    def _proposal_losses(logits, boxes, tb, timg) -> dict[str, torch.Tensor]:
-        """Two-stage proposals (``RegionDecoder.proposals``): logits [B, P], boxes [B, P, 4] cxcywh over a
-        g × g patch grid (P = g²), as CenterNet trains its heads:
-
-        - score: penalty-reduced focal loss (α 2, β 4) against a heat map holding, per cell, the largest
-          ``exp(−d² / 2σ²)`` over its image's targets (d: cell distance to the cell of the target's centre,
-          σ = 1 cell), so the centre cell is the positive and its neighbours are only mildly negative;
-        - box: L1 + (1 − GIoU) of the proposals of every cell within one cell of a target's centre cell
-          (the 3 × 3 block), averaged over the block: a peak one cell off still carries a trained box.
-
-        Both / the global target count (≥ 1)."""
-        num = all_reduce_sum(torch.tensor(float(tb.shape[0]), device=logits.device)).clamp(min=1.0)
-        g = int(round(logits.shape[1] ** 0.5))
-        if g * g != logits.shape[1]:
-            raise ValueError(f"proposal logits cover {logits.shape[1]} cells: not a square patch grid")
-        col = (tb[:, 0].float() * g).long().clamp(0, g - 1)
-        row = (tb[:, 1].float() * g).long().clamp(0, g - 1)
-        r = torch.arange(g, device=logits.device)
-        d2 = (r.view(1, g, 1) - row.view(-1, 1, 1)) ** 2 + (r.view(1, 1, g) - col.view(-1, 1, 1)) ** 2  # [M, g, g]
-        gauss = torch.exp(-d2.float() / 2).flatten(1)  # σ = 1 cell
-        heat = torch.zeros_like(logits, dtype=torch.float32)
-        if tb.shape[0]:
-            heat = heat.scatter_reduce(0, timg[:, None].expand(-1, g * g), gauss, reduce="amax", include_self=True)
-        x = logits.float()
-        p = x.sigmoid().clamp(1e-4, 1 - 1e-4)
-        pos = heat >= 1.0 - 1e-6
-        focal = torch.where(pos, -((1 - p) ** 2) * torch.log(p), -((1 - heat) ** 4) * (p**2) * torch.log(1 - p))
-        block = (d2 <= 2).flatten(1)  # [M, P]: the 3 × 3 cells around each target's centre cell
-        mi, ci = block.nonzero(as_tuple=True)
-        src = boxes[timg[mi], ci].float()  # [K, 4]; empty when no boxes (zero gradients, graph kept)
-        tgt = tb[mi].float()
-        w = 1.0 / block.sum(1).float()[mi]  # each target's block counts once
-        giou = box_ops.elementwise_generalized_box_iou(box_ops.box_cxcywh_to_xyxy(src), box_ops.box_cxcywh_to_xyxy(tgt))
-        keep = boxes.float().sum() * 0  # the box branch stays in the graph on ranks without boxes
-        return {"loss_prop_cls": focal.sum() / num, "loss_prop_l1": ((src - tgt).abs().sum(1) * w).sum() / num + keep,
-                "loss_prop_giou": ((1 - giou) * w).sum() / num}
 
     def _rd_loss(self, outputs, batch, bi, qi, ti, scale, rd_group) -> torch.Tensor:
         """L_rd: each matched region query vs the descriptions of every target box in the local

@@ -148,7 +148,8 @@ def test_sine_memory_pos_matches_detr_and_changes_only_keys():
     """decoder_memory_pos="sine": DETR's PositionEmbeddingSine(normalize=True) values (written out here
     from DETR's formula for one position), zero for CLS, no new parameters or state-dict keys, and the
     decoder output now depends on where a token sits (with "none" a permutation of patches changes nothing)."""
-    from grain.decoder import RegionDecoder, sine_pos_2d
+    from grain.decoder import RegionDecoder
+    from grain.experimental.memory_pos import sine_pos_2d
 
     pe = sine_pos_2d(4, 8)
     assert pe.shape == (17, 8) and torch.all(pe[0] == 0)

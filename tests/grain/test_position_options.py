@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from grain.config import ModelConfig
-from grain.decoder import RegionDecoder, sine_pos_2d
+from grain.decoder import RegionDecoder
+from grain.experimental.memory_pos import sine_pos_2d
 from grain.model import build_model
 
 

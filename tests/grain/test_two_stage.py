@@ -8,6 +8,7 @@ import torch
 
 from grain.config import LossConfig, ModelConfig
 from grain.decoder import RegionDecoder
+from grain.experimental.two_stage import proposal_losses
 from grain.losses import GrainLoss
 from grain.model import build_model
 
@@ -92,17 +93,17 @@ def test_proposal_loss_targets_the_centre_cell_and_its_block():
     def cls_loss(peak: int) -> float:
         logits = torch.full((1, g * g), -6.0)
         logits[0, peak] = 6.0
-        return float(GrainLoss._proposal_losses(logits, boxes, tb, timg)["loss_prop_cls"])
+        return float(proposal_losses(logits, boxes, tb, timg)["loss_prop_cls"])
 
     assert cls_loss(6) < 0.01 < cls_loss(5) < cls_loss(15)
     logits = torch.zeros(1, g * g)
-    assert float(GrainLoss._proposal_losses(logits, boxes, tb, timg)["loss_prop_l1"]) == pytest.approx(0, abs=1e-6)
+    assert float(proposal_losses(logits, boxes, tb, timg)["loss_prop_l1"]) == pytest.approx(0, abs=1e-6)
     off_block, in_block = boxes.clone(), boxes.clone()
     off_block[0, 15] = torch.tensor([0.1, 0.1, 0.1, 0.1])  # row 3, col 3: outside the block
     in_block[0, 1] = torch.tensor([0.1, 0.1, 0.1, 0.1])  # row 0, col 1: inside
-    assert float(GrainLoss._proposal_losses(logits, off_block, tb, timg)["loss_prop_l1"]) == pytest.approx(0, abs=1e-6)
-    assert float(GrainLoss._proposal_losses(logits, in_block, tb, timg)["loss_prop_l1"]) > 0.05
-    empty = GrainLoss._proposal_losses(logits, boxes, tb[:0], timg[:0])
+    assert float(proposal_losses(logits, off_block, tb, timg)["loss_prop_l1"]) == pytest.approx(0, abs=1e-6)
+    assert float(proposal_losses(logits, in_block, tb, timg)["loss_prop_l1"]) > 0.05
+    empty = proposal_losses(logits, boxes, tb[:0], timg[:0])
     assert all(torch.isfinite(v) for v in empty.values()) and float(empty["loss_prop_l1"]) == 0.0
 
 
