@@ -107,12 +107,6 @@ def _address_kind(addr: str, allow_private: bool = False) -> tuple[str, str | No
     return str(ip), None
 
 
-def address_refusal(addr: str, allow_private: bool = False) -> str | None:
-    """Why ``addr`` (an IP address string) must not be fetched, or None when it may be."""
-    ip, kind = _address_kind(addr, allow_private)
-    return f"{ip} is {kind}" if kind else None
-
-
 def _literal_ip(host: str) -> str | None:
     """``host`` as an IP address string if it is one, including legacy IPv4 forms (no resolver call)."""
     try:

@@ -55,12 +55,6 @@ def eval_checks(cfg: EvalConfig) -> list[tuple[str, str]]:
     return out
 
 
-def read_run_file(path: str | os.PathLike) -> dict:
-    """The EvalConfig fields of a YAML run file: its ``eval:`` section, else the whole file (a mapping).
-    ConfigError (a ValueError) naming ``path`` when it cannot be read or is not a mapping."""
-    return Layer.from_file(path, "eval").data
-
-
 def load_config(path: str | os.PathLike | None = None, overrides: Mapping | None = None,
                 sets: Sequence[str] | None = None, source: str = "overrides",
                 defaults: Mapping | None = None) -> EvalConfig:
@@ -75,4 +69,4 @@ def load_config(path: str | os.PathLike | None = None, overrides: Mapping | None
     return load(EvalConfig, layers, eval_checks)
 
 
-__all__ = ["ConfigError", "EvalConfig", "eval_checks", "load_config", "read_run_file"]
+__all__ = ["ConfigError", "EvalConfig", "eval_checks", "load_config"]

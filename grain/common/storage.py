@@ -239,10 +239,6 @@ def put_dir(local_dir: str, uri: str, commit: bool = True, storage_options: Mapp
         _commit(fs, path)
 
 
-def marker_uri(uri: str) -> str:
-    return _check_uri(uri).rstrip("/") + MARKER_SUFFIX
-
-
 def _commit(fs, path: str) -> dict:
     fs.invalidate_cache(path)
     if fs.isdir(path):
@@ -283,16 +279,6 @@ def uncommit(uri: str, storage_options: Mapping | None = None) -> None:
     fs.invalidate_cache(path + MARKER_SUFFIX)
 
 
-def read_marker(uri: str, storage_options: Mapping | None = None) -> dict | None:
-    """The marker's JSON content, or None when ``uri`` is not committed."""
-    fs, path = open_fs(uri, storage_options)
-    fs.invalidate_cache(path + MARKER_SUFFIX)
-    try:
-        return json.loads(fs.cat_file(path + MARKER_SUFFIX))
-    except FileNotFoundError:
-        return None
-
-
 def is_committed(uri: str, storage_options: Mapping | None = None) -> bool:
     """True when both the entry and its ``.done`` marker exist."""
     fs, path = open_fs(uri, storage_options)
@@ -319,21 +305,6 @@ def list_committed(prefix: str, suffix: str = "", storage_options: Mapping | Non
         if name + MARKER_SUFFIX in names:
             committed.append(_to_uri(prefix, fs, name))
     return committed
-
-
-def list_uncommitted(prefix: str, storage_options: Mapping | None = None) -> list[str]:
-    """Entries under ``prefix`` with no marker: left by a crashed or still-running writer."""
-    fs, path = open_fs(prefix, storage_options)
-    fs.invalidate_cache(path)
-    try:
-        names = {n.rstrip("/") for n in fs.ls(path, detail=False)}
-    except FileNotFoundError:
-        return []
-    return [
-        _to_uri(prefix, fs, n)
-        for n in sorted(names)
-        if not n.endswith(MARKER_SUFFIX) and n + MARKER_SUFFIX not in names and not posixpath.basename(n).startswith(".")
-    ]
 
 
 def list_shards(path: str, suffix: str = ".parquet", recursive: bool = False,

@@ -26,7 +26,7 @@ def test_round_trip_bytes(root):
     assert storage.read_bytes(uri) == payload
     assert storage.exists(uri)
     assert storage.is_committed(uri)
-    marker = storage.read_marker(uri)
+    marker = json.loads(storage.read_bytes(uri + storage.MARKER_SUFFIX))
     assert marker["kind"] == "file" and marker["size"] == len(payload)
     # overwrite: the new content wins
     storage.atomic_write_bytes(uri, b"second")
@@ -40,7 +40,7 @@ def test_uncommitted_entry_is_invisible(root):
     committed = storage.list_committed(root)
     assert committed == [storage.join(root, "shard-0.parquet"), storage.join(root, "shard-2.parquet")]
     assert not any(c.endswith(storage.MARKER_SUFFIX) for c in committed)
-    assert storage.list_uncommitted(root) == [storage.join(root, "shard-1.parquet")]
+    assert storage.list_shards(root)[1] == [storage.join(root, "shard-1.parquet")]
     assert not storage.is_committed(storage.join(root, "shard-1.parquet"))
     # the writer finishes later: commit makes it visible
     storage.commit(storage.join(root, "shard-1.parquet"))
@@ -97,7 +97,7 @@ def test_commit_directory_records_files(root, tmp_path):
     dest = storage.join(root, "checkpoints", "step-10")
     storage.put_dir(str(src), dest)
     assert storage.is_committed(dest)
-    marker = storage.read_marker(dest)
+    marker = json.loads(storage.read_bytes(dest + storage.MARKER_SUFFIX))
     assert marker["kind"] == "directory"
     assert marker["files"] == {"model.safetensors": 100, "sub/cfg.json": 2}
     assert storage.list_committed(storage.join(root, "checkpoints")) == [dest]
