@@ -51,12 +51,9 @@ class ModelConfig:
     vision_heads: int = 12  # ViT attention heads
     vision_mlp_ratio: float = 4.0  # ViT MLP width / model width
     vision_qk_norm: bool = True  # QK-LayerNorm (docs/method.md §2.1)
-    # The ViT's positional embedding: "learned" (the release, docs/method.md §2.1: open_clip's learnable table,
-    # init std width^-0.5, weight-decayed) or "sincos2d" (MAE's fixed 2-D sin-cos table, CLS zero; a
-    # frozen parameter under the same state-dict key, so not trained and not decayed). An experiment and
-    # a deviation from the release (docs/method.md §6, docs/bench-grounding.md "Position options"); a tower option,
-    # so it applies to kind="clip" as well and a comparison must set it for both arms.
-    vision_pos_embed: str = "learned"
+    # The ViT's positional embedding: "learned" (the paper's) or an option (grain.experimental); a tower
+    # option, so it applies to kind="clip" as well and a comparison sets it for both arms.
+    vision_pos_embed: str = "learned"  # "learned" | "sincos2d"
 
     # Text tower (open_clip TextTransformer, causal mask, EOT pooling → LayerNorm → projection).
     context_length: int = 77  # captions; also the positional-embedding table size
@@ -74,22 +71,11 @@ class ModelConfig:
     decoder_heads: int = 8  # region decoder attention heads
     decoder_ffn_dim: int = 2048  # region decoder feed-forward width
     decoder_dropout: float = 0.1  # region decoder dropout
-    # Positional encoding of the decoder's memory: "none" (the release, docs/method.md §2.2: position reaches
-    # the decoder only through the ViT's own position embeddings), "sine" (DETR's fixed 2-D sine
-    # encoding added to the cross-attention keys only, as in DETR) or "sine_kv" (the same encoding added
-    # to the keys and the values, so what the queries read says where it came from). "sine"/"sine_kv"
-    # are experiments and deviations (docs/method.md §6), see docs/bench-grounding.md ("Position options").
-    decoder_memory_pos: str = "none"
-    # Where the region queries come from: "learned" (the release, docs/method.md §2.2: Q learned embeddings,
-    # the same for every image) or "two_stage" (Deformable DETR's two-stage selection: each patch token
-    # scores "an object is centred here" and proposes a box; the Q best local maxima start the queries
-    # and their boxes are refined; trained by LossConfig.lambda_proposal). An experiment and a deviation
-    # from the release (docs/method.md §6; docs/bench-grounding.md, "Two-stage region queries"); GRAIN only.
-    region_queries: str = "learned"
-    # The two-stage proposal heads (region_queries="two_stage" only): "mlp" (each patch token alone: a
-    # linear score and a 2-layer MLP box, as Deformable DETR) or "conv" (CenterNet's heads: 3×3 conv,
-    # ReLU, 1×1 conv over the patch grid, so a cell's box reads its neighbours' tokens directly).
-    proposal_head: str = "mlp"
+    # Options that are not the paper's decoder, defaults = the paper (grain.experimental lists them):
+    # the memory's positional encoding, where the region queries come from, the two-stage proposal heads.
+    decoder_memory_pos: str = "none"  # "none" | "sine" | "sine_kv" (experimental.memory_pos)
+    region_queries: str = "learned"  # "learned" | "two_stage" (experimental.two_stage)
+    proposal_head: str = "mlp"  # two-stage proposal heads: "mlp" | "conv"
     max_target_boxes: int = 5  # top-k boxes by detector score kept per image for L_box / L_rd
 
     # Contrastive temperature: logit_scale = exp(p), p initialised at ln(1/0.07), clamped ≤ ln(100).
@@ -162,9 +148,7 @@ class LossConfig:
     # Auxiliary L_box + L_rd on every earlier decoder layer (DETR-style; off in the release). Needs
     # the model's forward(batch, return_intermediate=True).
     aux_loss: bool = False
-    # Weight of the two-stage proposal losses (only with ModelConfig.region_queries="two_stage"): CenterNet's
-    # heat-map focal loss on every patch's "object centred here" score plus L1 + (1 − GIoU) of the proposals
-    # of the 3 × 3 cells around each target's centre cell, each / the global target count.
+    # Weight of the two-stage proposal losses (grain.experimental.two_stage; ModelConfig.region_queries="two_stage").
     lambda_proposal: float = 1.0
 
     def to_dict(self) -> dict:
