@@ -26,6 +26,8 @@ import sys
 import tempfile
 
 from annotators import url_guard
+from grain.common.cache import grain_cache
+from grain.common.storage import atomic_open
 
 IMG2DATASET_SPEC = "img2dataset==1.47.0"
 URL_LIST_EXTS = (".tsv", ".csv", ".txt", ".tsv.gz", ".csv.gz", ".txt.gz")
@@ -33,8 +35,7 @@ REFUSED_SHARD = "refused.parquet"  # refused URLs of a download, beside img2data
 
 
 def env_dir() -> str:
-    cache = os.environ.get("GRAIN_CACHE", os.path.expanduser("~/.cache/grain"))
-    return os.path.join(cache, "img2dataset-venv")
+    return os.path.join(grain_cache(), "img2dataset-venv")
 
 
 def _base_python() -> str:
@@ -62,9 +63,8 @@ def install_fetch_guard(root: str) -> str:
     for name, text in files.items():
         path = os.path.join(site, name)
         if not os.path.exists(path) or open(path, encoding="utf-8").read() != text:
-            with open(path + ".tmp", "w", encoding="utf-8") as fh:
-                fh.write(text)
-            os.replace(path + ".tmp", path)
+            with atomic_open(path, commit=False) as fh:  # a venv never sees half a guard module
+                fh.write(text.encode("utf-8"))
     return site
 
 
@@ -183,8 +183,8 @@ def download_url_list(url_list: str, output: str, url_col: str = "url", caption_
     os.makedirs(output, exist_ok=True)
     refused_path = os.path.join(output, REFUSED_SHARD)
     if refused.num_rows:
-        pq.write_table(refused, refused_path + ".tmp")
-        os.replace(refused_path + ".tmp", refused_path)
+        with atomic_open(refused_path, commit=False) as fh:
+            pq.write_table(refused, fh)
     elif os.path.exists(refused_path):
         os.remove(refused_path)  # a rerun of a list that no longer has refused rows
     if log_path:

@@ -13,6 +13,8 @@ import logging
 import os
 import tempfile
 
+from grain.common.cache import grain_cache
+
 log = logging.getLogger(__name__)
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Environment the model actors need (offline hub, KV cache size, caches, S3 endpoint).
@@ -26,8 +28,7 @@ MAX_TEMP_DIR_CHARS = 40
 def local_temp_dir() -> str:
     """A short, existing temp-dir root for a local Ray: ``$GRAIN_CACHE/ray`` (default ``~/.cache/grain/ray``),
     or a fresh ``/tmp/grain-ray-*`` when that path is too long for Ray's socket names."""
-    cache = os.environ.get("GRAIN_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "grain")
-    root = os.path.abspath(os.path.join(cache, "ray"))
+    root = os.path.join(grain_cache(), "ray")
     if len(root) > MAX_TEMP_DIR_CHARS:
         short = tempfile.mkdtemp(prefix="grain-ray-", dir="/tmp")
         log.warning("Ray temp dir %s is too long for Ray's socket paths (> %d chars): using %s",

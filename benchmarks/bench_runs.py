@@ -218,7 +218,7 @@ def bench_main(spec: BenchSpec, argv: list[str]) -> int:
     if args.jobs < 1:
         print(f"grain bench {spec.name}: --jobs must be ≥ 1, got {args.jobs}", file=sys.stderr)
         return 2
-    from evaluation.datasets import grain_cache
+    from grain.common.cache import grain_cache
 
     try:
         cfg = spec.load(args.config or (spec.smoke_config if args.smoke else spec.default_config), args.sets)

@@ -30,6 +30,7 @@ import subprocess
 import sys
 
 from evaluation import emoji as emoji_mod
+from grain.common.cache import grain_cache
 
 BUILDER_VERSION = "1"
 MARKER = ".grain-dataset.json"
@@ -38,10 +39,6 @@ MARKER = ".grain-dataset.json"
 NPM_PROJECT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "npm")
 OPTIONAL_NPM = ("openmoji",)  # 67 MB: `npm ci --omit=optional` unless a set needs it
 DEFAULT_SETS = [f"emoji-{s}-{sub}" for s in ("google", "twitter") for sub in ("animals", "food", "faces", "transport")] + ["flags"]
-
-
-def grain_cache() -> str:
-    return os.path.abspath(os.path.expanduser(os.environ.get("GRAIN_CACHE", "~/.cache/grain")))
 
 
 def datasets_dir(root: str | None = None) -> str:

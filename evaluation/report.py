@@ -19,15 +19,14 @@ import math
 import os
 from collections.abc import Sequence
 
+from grain.common.storage import atomic_open
+
 HEADLINE = {"zeroshot_classification": "acc1", "zeroshot_retrieval": "image_retrieval_recall@1"}
 
 
 def write_json(run: dict, path: str) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(run, f, indent=1, ensure_ascii=False, default=_json_default)
-    os.replace(tmp, path)
+    with atomic_open(os.path.abspath(path), commit=False) as f:
+        f.write(json.dumps(run, indent=1, ensure_ascii=False, default=_json_default).encode("utf-8"))
     return path
 
 

@@ -21,6 +21,7 @@ import os
 import sys
 import time
 
+from grain.common.cache import grain_cache
 from infra.cpu_meter import CpuMeter
 from infra.stack_config import StackConfig
 
@@ -145,7 +146,7 @@ def report(workdir: str, api_url: str, run: dict, cfg: StackConfig, min_fraction
 
 
 def main(argv: list[str] | None = None) -> int:
-    cache = os.environ.get("GRAIN_CACHE", os.path.expanduser("~/.cache/grain"))
+    cache = grain_cache()
     p = argparse.ArgumentParser(prog="grain demo", description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--limit", type=int, default=120, help="images of the demo corpus to use (default: %(default)s)")

@@ -32,6 +32,9 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 
+from grain.common.cache import grain_cache
+from grain.common.storage import atomic_open
+
 TUXPAINT_DIR = "/usr/share/tuxpaint/stamps"
 OPENCLIPART_DIR = "/usr/share/openclipart/svg"
 OPENCLIPART_SKIP_DIRS = ("shapes", "computer", "unsorted")
@@ -52,11 +55,11 @@ class Item:
 
 
 def default_output() -> str:
-    return os.path.join(os.environ.get("GRAIN_CACHE", os.path.expanduser("~/.cache/grain")), "demo-corpus")
+    return os.path.join(grain_cache(), "demo-corpus")
 
 
 def _cache_dir() -> str:
-    return os.path.join(os.environ.get("GRAIN_CACHE", os.path.expanduser("~/.cache/grain")), "demo-corpus-cache")
+    return os.path.join(grain_cache(), "demo-corpus-cache")
 
 
 def tuxpaint_items(root: str = TUXPAINT_DIR) -> list[Item]:
@@ -147,11 +150,8 @@ def render(item: Item) -> bytes:
     buf = io.BytesIO()
     canvas.save(buf, format="JPEG", quality=90)
     data = buf.getvalue()
-    os.makedirs(os.path.dirname(cached), exist_ok=True)
-    tmp = f"{cached}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as fh:
+    with atomic_open(cached, commit=False) as fh:
         fh.write(data)
-    os.replace(tmp, cached)
     return data
 
 
@@ -178,8 +178,8 @@ def write_shards(items: list[Item], output: str, shard_size: int, show_progress:
         chunk = items[s * shard_size : (s + 1) * shard_size]
         start = time.time()
         rows = []
-        tar_tmp = os.path.join(output, f"{s:05d}.tar.tmp-{os.getpid()}")
-        with tarfile.open(tar_tmp, "w") as tar:
+        shard = os.path.join(output, f"{s:05d}.tar")
+        with atomic_open(shard, commit=False) as fh, tarfile.open(fileobj=fh, mode="w") as tar:
             for i, item in enumerate(chunk):
                 bar.update(1)
                 key = f"{s:05d}{i:04d}"
@@ -206,7 +206,6 @@ def write_shards(items: list[Item], output: str, shard_size: int, show_progress:
                 _add_member(tar, f"{key}.txt", item.caption.encode())
                 _add_member(tar, f"{key}.json", json.dumps(meta).encode())
                 rows.append(meta)
-        os.replace(tar_tmp, os.path.join(output, f"{s:05d}.tar"))
         cols = {k: [r[k] for r in rows] for k in ("key", "url", "caption", "status", "error_message", "width", "height")}
         table = pa.Table.from_pydict(cols, schema=pa.schema([
             ("key", pa.string()), ("url", pa.string()), ("caption", pa.string()), ("status", pa.string()),

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 
+from grain.common.storage import atomic_open
 from infra import procs
 from infra.stack_config import HOST, REPO_ROOT, StackConfig, ensure_ray_token
 
@@ -55,10 +56,8 @@ def load_state(cfg: StackConfig) -> dict:
 
 def _save_state(cfg: StackConfig, state: dict) -> None:
     os.makedirs(cfg.home, exist_ok=True)
-    tmp = cfg.state_file + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(state, fh, indent=2)
-    os.replace(tmp, cfg.state_file)
+    with atomic_open(cfg.state_file, commit=False) as fh:
+        fh.write(json.dumps(state, indent=2).encode())
 
 
 def _running(state: dict, name: str) -> bool:

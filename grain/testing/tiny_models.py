@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from grain.common.cache import grain_cache
+
 # Bump when the builder code changes in a way the spec dicts below do not capture.
 BUILDER_VERSION = 4
 MARKER = ".grain-tiny.json"
@@ -84,7 +86,7 @@ _WORDS = (
 
 def cache_root() -> Path:
     """``$GRAIN_CACHE/tiny-models`` (default ``~/.cache/grain/tiny-models``)."""
-    return Path(os.environ.get("GRAIN_CACHE", Path.home() / ".cache" / "grain")).expanduser() / "tiny-models"
+    return Path(grain_cache()) / "tiny-models"
 
 
 def spec_hash(name: str) -> str:

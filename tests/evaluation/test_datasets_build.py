@@ -9,8 +9,9 @@ from PIL import Image
 from evaluation import datasets as D
 from evaluation.emoji import descriptors_for, EmojiInfo, norm_codepoint
 from evaluation.evalsets import decode_ref, load_evalset
+from grain.common.cache import grain_cache
 
-REAL_NM = os.path.join(os.path.expanduser(os.environ.get("GRAIN_CACHE", "~/.cache/grain")), "npm", "node_modules")
+REAL_NM = os.path.join(grain_cache(), "npm", "node_modules")
 NEEDED = ("emoji-datasource", "emoji-datasource-google", "emojibase-data", "flag-icons")
 
 

@@ -6,9 +6,11 @@ import os
 import numpy as np
 import pytest
 
+from grain.common.cache import grain_cache
+
 pytestmark = pytest.mark.slow
 
-REAL_NM = os.path.join(os.path.expanduser(os.environ.get("GRAIN_CACHE", "~/.cache/grain")), "npm", "node_modules")
+REAL_NM = os.path.join(grain_cache(), "npm", "node_modules")
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,11 @@ import os
 import numpy as np
 import pytest
 
+from grain.common.cache import grain_cache
+
 pytestmark = pytest.mark.slow
 
-REAL_NM = os.path.join(os.path.expanduser(os.environ.get("GRAIN_CACHE", "~/.cache/grain")), "npm", "node_modules")
+REAL_NM = os.path.join(grain_cache(), "npm", "node_modules")
 TEXTS = ["a photo of a flag.", "red colour", "a blue and white flag with a star"]
 
 
