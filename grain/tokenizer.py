@@ -38,3 +38,19 @@ def tokenize(texts: str | Sequence[str], context_length: int = 77) -> torch.Long
     if not texts:
         return torch.zeros(0, context_length, dtype=torch.long)
     return get_tokenizer()(texts, context_length=context_length)
+
+
+def trim_token_padding(tokens: torch.Tensor) -> torch.Tensor:
+    """tokens [N, L] (zero-padded after EOT) → [N, L'] with L' = the longest text's true length (≥ 2).
+
+    The text tower is causal with EOT pooling, so dropping trailing all-padding columns leaves every
+    embedding unchanged while short texts cost their true length, not 32/77. The length is the last
+    column with any non-zero id, not a count of non-zero ids: id 0 is also a BPE entry ("!"), and a
+    count would cut the EOT off a text that ever got it. The one trim of the trainer, the evaluation
+    and the zero-shot classifier.
+    """
+    if tokens.shape[0] == 0:
+        return tokens[:, :2]
+    used = (tokens != 0).any(dim=0).nonzero()
+    length = max(2, int(used.max()) + 1) if used.numel() else 2
+    return tokens[:, :length].contiguous()

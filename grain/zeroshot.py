@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from grain.tokenizer import tokenize
+from grain.tokenizer import tokenize, trim_token_padding
 
 # Generic templates (the release applied 23 "a type of bird" templates to every data set; these do
 # not name a domain).
@@ -105,7 +105,7 @@ def _embed_texts(model, texts: list[str], context_length: int, batch_size: int, 
         starts = tqdm(starts, desc="text embeddings", unit="batch")
     for i in starts:
         idx = order[i : i + batch_size]
-        t = tokens[idx, : int(lengths[idx].max())].to(device)
+        t = trim_token_padding(tokens[idx]).to(device)
         chunks.append(F.normalize(model.encode_text(t).float(), dim=-1))
     if not chunks:
         raise ValueError("_embed_texts: no texts to embed")

@@ -12,15 +12,13 @@ GRAIN preset), ``paper`` → ``configs/vit-b-16-cc12m.yaml`` (the release recipe
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from grain.config import PRESETS, LossConfig, ModelConfig
-from grain.common.runconfig import STRICT_KEYS, ConfigError, Layer, load, parse_set_item
-from grain.common.runconfig import merge as _merge
+from grain.common.runconfig import STRICT_KEYS, ConfigError, Layer, load
 from grain.common.safety import refuse_test_hooks
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -161,13 +159,6 @@ def _typed_sections(cfg: TrainConfig, layers: list[Layer]) -> TrainConfig:
     return cfg
 
 
-def read_run_file(path: str | os.PathLike) -> dict:
-    """The training section of a run file (a top-level ``train:`` section, else the whole file)."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"training run file not found: {path}")
-    return Layer.from_file(path, "train").data
-
-
 def profile_file(profile: str) -> Path:
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose from {sorted(PROFILES)}")
@@ -175,14 +166,6 @@ def profile_file(profile: str) -> Path:
 
 
 TEST_HOOK_KEYS = ("debug_fail_at_step",)  # refused from run files / overrides (grain/common/safety.py)
-
-
-def parse_set(items: list[str]) -> dict:
-    """``["optim.lr=1e-3", "model.kind=clip"]`` → nested dict (values parsed as YAML; typed when loaded)."""
-    out: dict = {}
-    for item in items or []:
-        out = _merge(out, parse_set_item(item))
-    return out
 
 
 def load_config(
@@ -216,9 +199,5 @@ def from_dict(d: dict) -> TrainConfig:
     return _typed_sections(load(TrainConfig, layers, run_checks), layers)
 
 
-def replace(cfg: TrainConfig, **changes) -> TrainConfig:
-    return dataclasses.replace(cfg, **changes)
-
-
 __all__ = ["CONFIG_DIR", "PROFILES", "ConfigError", "DataSettings", "OptimSettings", "TrainConfig", "from_dict",
-           "load_config", "parse_set", "read_run_file", "replace"]
+           "load_config"]

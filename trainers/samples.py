@@ -21,22 +21,11 @@ import pyarrow.parquet as pq
 READ_COLUMNS = ["key", "image", "source_caption", "mllm_caption", "descriptions", "boxes", "box_scores", "box_desc_index"]
 
 
-def trim_token_padding(tokens):
-    """tokens [N, L] (zero-padded after EOT) → [N, L'] with L' = the longest text's true length (≥ 2).
-
-    The text tower is causal with EOT pooling, so dropping trailing all-padding columns leaves every
-    embedding unchanged while the descriptions (a few words each) cost their true length, not 32/77.
-    """
-    if tokens.shape[0] == 0:
-        return tokens[:, :2]
-    used = (tokens != 0).any(dim=0).nonzero()
-    length = max(2, int(used.max()) + 1) if used.numel() else 2
-    return tokens[:, :length].contiguous()
-
-
 def collate_trimmed(samples: list[dict], model_cfg) -> dict:
-    """``grain.data.make_batch`` with the description tokens trimmed to their true length."""
+    """``grain.data.make_batch`` with the description tokens trimmed to their true length: the
+    descriptions (a few words each) cost their true length, not 32/77 (grain.tokenizer.trim_token_padding)."""
     from grain.data import make_batch
+    from grain.tokenizer import trim_token_padding
 
     batch = make_batch(samples, model_cfg)
     batch["target_desc_tokens"] = trim_token_padding(batch["target_desc_tokens"])

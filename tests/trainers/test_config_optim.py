@@ -9,7 +9,8 @@ import sys
 import pytest
 import torch
 
-from trainers.config import CONFIG_DIR, PROFILES, load_config, parse_set
+from grain.common.runconfig import Layer, merge
+from trainers.config import CONFIG_DIR, PROFILES, load_config
 from trainers.optim import build_optimizer, build_scheduler, lr_at
 
 
@@ -30,6 +31,14 @@ def test_every_shipped_run_file_builds_its_model_on_meta(name, kind):
     if name == "vit-b-16-cc12m.yaml":
         assert (cfg.batch_size, cfg.workers, cfg.epochs, cfg.precision, cfg.optim.lr) == (128, 16, 35, "bf16", 1e-3)
         assert mcfg.image_size == 224 and mcfg.vision_width == 768 and cfg.optim.betas == (0.9, 0.98)
+
+
+def parse_set(items: list[str]) -> dict:
+    """``--set`` items merged into one nested dict, as load_config layers them."""
+    out: dict = {}
+    for layer in Layer.from_sets(items):
+        out = merge(out, layer.data)
+    return out
 
 
 def test_overrides_and_errors_name_the_input(tmp_path):
@@ -103,8 +112,7 @@ def test_cli_help_and_print_config():
 
 def test_trimmed_description_tokens_give_the_same_embeddings():
     from grain.model import build_model
-    from grain.tokenizer import tokenize
-    from trainers.samples import trim_token_padding
+    from grain.tokenizer import tokenize, trim_token_padding
 
     mcfg = load_config(profile="tiny").model_config()
     torch.manual_seed(0)
