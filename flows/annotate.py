@@ -22,6 +22,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from flows import common, stages, visuals
 from flows.logbridge import StageLogBridge
 from grain.common import storage
+from grain.common.runconfig import flatten_overrides
 from annotators.img2dataset_env import REFUSED_SHARD, is_url_list  # noqa: F401 - is_url_list: part of this module's API
 
 
@@ -157,7 +158,7 @@ def annotate_cc12m(config: str | None = None, overrides: dict | None = None, inp
                    output: str | None = None, url_col: str = "url", caption_col: str = "caption") -> dict:
     """Annotate image-text shards (img2dataset folder or a CC12M-style URL list) with descriptions + boxes."""
     logger = get_run_logger()
-    overrides = common.flatten_overrides(overrides)
+    overrides = flatten_overrides(overrides)
     if output:
         overrides["output"] = output
     if input:

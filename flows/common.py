@@ -1,4 +1,4 @@
-"""Shared Prefect wiring: override flattening, where artifact files go, the Ray dashboard link, progress.
+"""Shared Prefect wiring: where artifact files go, the Ray dashboard link, progress.
 
 Artifacts hold markdown, not image bytes: PNGs are written under ``$GRAIN_ARTIFACT_DIR/<flow run id>/``
 (the local stack serves that folder on 127.0.0.1, ``$GRAIN_ARTIFACT_URL``) and referenced by URL.
@@ -10,29 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Mapping
-
-
-def flatten_overrides(overrides: Mapping | None, prefix: str = "") -> dict:
-    """``{"run": {"batch_size": 4}, "models.mllm": "tiny"}`` → ``{"run.batch_size": 4, "models.mllm": "tiny"}``.
-
-    Nested mappings and dotted keys may be mixed. The stages' loaders take the result as is
-    (grain/common/runconfig.py ``Layer.from_overrides``).
-    """
-    if overrides is None:
-        return {}
-    if not isinstance(overrides, Mapping):
-        raise TypeError(f"overrides must be a mapping of config keys to values, got {type(overrides).__name__}")
-    out = {}
-    for key, value in overrides.items():
-        if not isinstance(key, str) or not key:
-            raise ValueError(f"override key {key!r} must be a non-empty string")
-        dotted = f"{prefix}.{key}" if prefix else key
-        if isinstance(value, Mapping) and value:
-            out.update(flatten_overrides(value, dotted))
-        else:
-            out[dotted] = value
-    return out
+from collections.abc import Callable
 
 
 def ray_address() -> str | None:
@@ -79,12 +57,6 @@ def artifact_folder(fallback_root: str, kind: str) -> tuple[str, Callable[[str],
     folder = os.path.join(fallback_root, "_artifacts", rel)
     os.makedirs(folder, exist_ok=True)
     return folder, (lambda name: os.path.join(folder, name))
-
-
-def artifact_key(text: str) -> str:
-    """Prefect artifact keys allow lower-case letters, digits and dashes only."""
-    out = "".join(c if c.isalnum() else "-" for c in text.lower())
-    return "-".join(p for p in out.split("-") if p)[:100] or "artifact"
 
 
 def link_ray_dashboard() -> str | None:

@@ -16,6 +16,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows import common, stages
 from flows.logbridge import StageLogBridge
+from grain.common.runconfig import flatten_overrides
 
 
 @task(retries=1, retry_delay_seconds=10, log_prints=True)
@@ -48,7 +49,7 @@ def report_evaluation(run: dict) -> str:
 def evaluate_grain(config: str | None = None, overrides: dict | None = None, checkpoint: str | None = None,
                    output: str | None = None) -> dict:
     """Evaluate a GRAIN/CLIP checkpoint zero-shot on the configured sets."""
-    overrides = common.flatten_overrides(overrides)
+    overrides = flatten_overrides(overrides)
     if checkpoint:
         overrides["checkpoint"] = checkpoint
     if output:

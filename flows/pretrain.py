@@ -21,6 +21,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from flows import common, stages
 from flows.logbridge import StageLogBridge
 from grain.common import storage
+from grain.common.runconfig import flatten_overrides
 
 
 def _progress(output: str) -> float:
@@ -131,7 +132,7 @@ def export_model(result: dict) -> dict:
 def pretrain_grain(config: str | None = None, overrides: dict | None = None, data: str | None = None,
                    output: str | None = None) -> dict:
     """Pretrain GRAIN (or the CLIP baseline with ``overrides={"model": {"kind": "clip"}}``)."""
-    overrides = common.flatten_overrides(overrides)
+    overrides = flatten_overrides(overrides)
     if data:
         overrides["data.path"] = data
     if output:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from flows.common import flatten_overrides, ray_address
+from flows.common import ray_address
+from grain.common.runconfig import flatten_overrides
 
 SOURCE = "flow parameter overrides"  # how validation errors name the flow's ``overrides``
 

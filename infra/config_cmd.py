@@ -53,15 +53,12 @@ def _stage(name: str):
 
 
 def show(name: str) -> str:
-    from grain.common.runconfig import describe
+    from grain.common.runconfig import describe, format_rows
 
     cls, extra, _ = _stage(name)
     rows = [r for r in describe(cls) if r[0] not in ("model", "loss", "train")] + extra
-    w = [max(len(r[i]) for r in rows) for i in range(3)]
-    lines = [f"{name}: {cls.__module__}.{cls.__name__} (run file keys; --set KEY=VALUE; flow overrides)",
-             f"{'key'.ljust(w[0])}  {'type'.ljust(w[1])}  {'default'.ljust(w[2])}  meaning"]
-    lines += [f"{k.ljust(w[0])}  {t.ljust(w[1])}  {d.ljust(w[2])}  {h}".rstrip() for k, t, d, h in rows]
-    return "\n".join(lines)
+    lines = [f"{name}: {cls.__module__}.{cls.__name__} (run file keys; --set KEY=VALUE; flow overrides)"]
+    return "\n".join(lines + format_rows(rows, header=("key", "type", "default", "meaning")))
 
 
 def main(argv: list[str] | None = None) -> int:

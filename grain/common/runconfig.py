@@ -99,6 +99,29 @@ def nest(dotted: str, value) -> dict:
     return value
 
 
+def flatten_overrides(overrides: Mapping | None, prefix: str = "") -> dict:
+    """``{"run": {"batch_size": 4}, "models.mllm": "tiny"}`` → ``{"run.batch_size": 4, "models.mllm": "tiny"}``.
+
+    Nested mappings and dotted keys may be mixed; the inverse of ``nest``, beside it so the two directions
+    agree. The flows flatten a flow's ``overrides`` to add their own keys (``data.path``, ``output``);
+    the stages' loaders take the result as is (``Layer.from_overrides``).
+    """
+    if overrides is None:
+        return {}
+    if not isinstance(overrides, Mapping):
+        raise TypeError(f"overrides must be a mapping of config keys to values, got {type(overrides).__name__}")
+    out = {}
+    for key, value in overrides.items():
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"override key {key!r} must be a non-empty string")
+        dotted = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, Mapping) and value:
+            out.update(flatten_overrides(value, dotted))
+        else:
+            out[dotted] = value
+    return out
+
+
 def parse_set_item(item: str) -> dict:
     """``"optim.lr=3e-4"`` → ``{"optim": {"lr": "3e-4"}}``: the value parsed as YAML (``8``, ``true``,
     ``null``, ``[a, b]``, ``{k: v}``); the field's type then coerces it (``"3e-4"`` → 3e-4)."""
@@ -249,9 +272,15 @@ def describe(cls, prefix: str = "") -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def format_rows(rows: Sequence[tuple[str, str, str, str]], header: tuple[str, str, str, str] | None = None) -> list[str]:
+    """``describe`` rows as aligned text lines (the one table of ``grain config show``). The column widths
+    come from ``rows`` alone; an optional ``header`` line is laid out with them."""
+    w = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = [header, *rows] if header else list(rows)
+    return [f"{k.ljust(w[0])}  {t.ljust(w[1])}  {d.ljust(w[2])}  {h}".rstrip() for k, t, d, h in lines]
+
+
 def show(cls, title: str = "") -> str:
     """``describe(cls)`` as aligned text lines."""
-    rows = describe(cls)
-    w = [max(len(r[i]) for r in rows) for i in range(3)]
     head = [title] if title else []
-    return "\n".join(head + [f"{k.ljust(w[0])}  {t.ljust(w[1])}  {d.ljust(w[2])}  {h}".rstrip() for k, t, d, h in rows])
+    return "\n".join(head + format_rows(describe(cls)))

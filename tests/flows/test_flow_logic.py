@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from flows import common, stages
+from flows import stages
 
 
 @pytest.fixture(scope="module")
@@ -15,14 +15,6 @@ def prefect_api():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
-
-
-def test_overrides_flatten():
-    ov = {"run": {"batch_size": 4, "ray_address": None}, "models.mllm": "tiny", "input": ["/a", "/b"]}
-    flat = common.flatten_overrides(ov)
-    assert flat == {"run.batch_size": 4, "run.ray_address": None, "models.mllm": "tiny", "input": ["/a", "/b"]}
-    with pytest.raises(TypeError, match="mapping"):
-        common.flatten_overrides(["run.batch_size=4"])
 
 
 def test_stage_configs_take_overrides_and_the_stack_ray_address(monkeypatch):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from flows.common import flatten_overrides
+from grain.common.runconfig import flatten_overrides
 from infra.demo import demo_device
 
 

@@ -163,3 +163,13 @@ def test_one_pipeline_run_file_serves_every_stage(tmp_path):
     assert load_annotate(profile="tiny", path=str(run)).run.batch_size == 2
     assert load_train(run, profile="tiny").optim.lr == 3e-4
     assert load_eval(run).limit == 5
+
+
+def test_overrides_flatten():
+    from grain.common.runconfig import flatten_overrides
+
+    ov = {"run": {"batch_size": 4, "ray_address": None}, "models.mllm": "tiny", "input": ["/a", "/b"]}
+    flat = flatten_overrides(ov)
+    assert flat == {"run.batch_size": 4, "run.ray_address": None, "models.mllm": "tiny", "input": ["/a", "/b"]}
+    with pytest.raises(TypeError, match="mapping"):
+        flatten_overrides(["run.batch_size=4"])
