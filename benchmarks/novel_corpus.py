@@ -122,7 +122,7 @@ def draw_creature(canvas: Image.Image, c: Concept, scale: float, placed: list[li
 def training_row(index: int, seen: list[Concept], stamps: list[ObjectSpec], spec: NovelCorpusSpec, rng: random.Random,
                  photos: list[Image.Image], textures: list[Image.Image]) -> dict:
     """One schema row (see the module docstring)."""
-    from grain.common.schema import MAX_DESCRIPTIONS, empty_row
+    from grain.common.schema import MAX_DESCRIPTIONS, descriptions_and_index, empty_row
 
     canvas = make_canvas(rng, spec.canvas, photos, spec.photo_background_prob)
     creatures = rng.sample(seen, rng.randint(*spec.creatures))
@@ -136,14 +136,14 @@ def training_row(index: int, seen: list[Concept], stamps: list[ObjectSpec], spec
     rng.shuffle(found)  # the order a caption model would list things in; it keeps at most MAX_DESCRIPTIONS
     kept = list(dict.fromkeys(d for d, _ in found))[:MAX_DESCRIPTIONS]
     scored = sorted(((rng.uniform(0.5, 1.0), d, b) for d, b in found if d in kept), key=lambda t: -t[0])  # by score
-    descriptions = list(dict.fromkeys(d for _, d, _ in scored))
+    descriptions, box_desc_index = descriptions_and_index([d for _, d, _ in scored])
     names = [c.name for c in creatures] + [o.name for o in others]
     row = empty_row(f"n{index:07d}", f"novel-concepts::{index}")
     row.update(
         image=jpeg_bytes(canvas), image_width=spec.canvas, image_height=spec.canvas,
         source_caption=f"a photo of {caption_for(names)}", mllm_caption=dense_caption(creatures, [o.name for o in others], rng),
         descriptions=descriptions, boxes=[b for _, _, b in scored], box_scores=[s for s, _, _ in scored],
-        box_desc_index=[descriptions.index(d) for _, d, _ in scored],
+        box_desc_index=box_desc_index,
         mllm_model="novel-concepts (part grammar)", detector_model="novel-concepts (exact part boxes)",
     )
     return row

@@ -33,7 +33,9 @@ from dataclasses import asdict, dataclass
 
 from PIL import Image
 
+from grain.box_ops import iou
 from grain.common.runconfig import STRICT_KEYS
+from grain.common.storage import atomic_open
 
 FORMAT_VERSION = "2"  # bump when the drawing or the encoding changes: cached corpora rebuild
 SPRITE_MAX_SIDE = 96  # px: sprites are cached at most this big; canvases are ~128 px
@@ -211,14 +213,6 @@ def tuxpaint_objects(root: str = TUXPAINT_DIR, exclude_words: set[str] = frozens
 # Composition
 # ---------------------------------------------------------------------------------------------
 
-def iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def compose(objects: list[ObjectSpec], rng: random.Random, canvas: Image.Image, min_scale: float,
             max_scale: float, max_overlap: float = 0.15, tries: int = 30) -> list[list[float]]:
     """Paste ``objects`` onto ``canvas`` (in place). Returns one box per object: normalised xyxy
@@ -268,11 +262,11 @@ def jpeg_bytes(img: Image.Image) -> bytes:
 def corpus_row(index: int, objects: list[ObjectSpec], spec: CorpusSpec, rng: random.Random,
                photos: list[Image.Image]) -> dict:
     """One schema row (see the module docstring) with ``objects`` composited on a fresh canvas."""
-    from grain.common.schema import empty_row
+    from grain.common.schema import descriptions_and_index, empty_row
 
     canvas = make_canvas(rng, spec.canvas, photos, spec.photo_background_prob)
     boxes = compose(objects, rng, canvas, spec.min_scale, spec.max_scale, spec.max_overlap)
-    descriptions = list(dict.fromkeys(o.description for o in objects))
+    descriptions, box_desc_index = descriptions_and_index([o.description for o in objects])
     names = [o.name for o in objects]
     shuffled = names[:]
     rng.shuffle(shuffled)
@@ -281,7 +275,7 @@ def corpus_row(index: int, objects: list[ObjectSpec], spec: CorpusSpec, rng: ran
         image=jpeg_bytes(canvas), image_width=spec.canvas, image_height=spec.canvas,
         source_caption=caption_for(names), mllm_caption=f"a picture of {caption_for(shuffled)}.",
         descriptions=descriptions, boxes=boxes, box_scores=[1.0] * len(boxes),
-        box_desc_index=[descriptions.index(o.description) for o in objects],
+        box_desc_index=box_desc_index,
         mllm_model="grounded-corpus (names and keywords)", detector_model="grounded-corpus (exact paste boxes)",
     )
     return row
@@ -359,9 +353,8 @@ def write_shards(out_dir: str, digest: str, rows, n: int, shard_size: int, row_g
             table = to_table(batch)
             validate_table(table, where=f"{desc} shard {len(files)}")
             path = os.path.join(out_dir, f"train-{len(files):05d}.parquet")
-            tmp = f"{path}.tmp-{os.getpid()}"
-            pq.write_table(table.replace_schema_metadata(SCHEMA.metadata), tmp, row_group_size=row_group_size)
-            os.replace(tmp, path)
+            with atomic_open(path, commit=False) as fh:
+                pq.write_table(table.replace_schema_metadata(SCHEMA.metadata), fh, row_group_size=row_group_size)
             files.append(os.path.basename(path))
             batch = []
     out = {"digest": digest, **{k: asdict(v) if hasattr(v, "__dataclass_fields__") else v for k, v in manifest.items()},

@@ -16,8 +16,9 @@ import re
 
 from PIL import Image
 
-from evaluation.grounded_corpus import (FORMAT_VERSION, JPEG_QUALITY, ObjectSpec, iou, compose, load_backgrounds,
+from evaluation.grounded_corpus import (FORMAT_VERSION, JPEG_QUALITY, ObjectSpec, compose, load_backgrounds,
                                         load_sprite, make_canvas, spec_digest)
+from grain.box_ops import iou
 
 
 def build_eval_folder(out_dir: str, objects: list[ObjectSpec], descriptors: dict[str, list[str]], per_class: int,

@@ -2,8 +2,9 @@
 
 Formats: ``cxcywh`` = (centre x, centre y, width, height), ``xyxy`` = (x1, y1, x2, y2); both
 normalised to [0, 1] inside ``grain/``. The one IoU/NMS of the project: the annotation stage's
-per-description NMS (``nms_per_label``) uses ``box_iou`` too. Every function takes [..., 4] tensors and computes in the
-input dtype except the overlaps, which work in float32 (stable under bf16 autocast).
+per-description NMS (``nms_per_label``) uses ``box_iou`` too, the corpus builders ``iou`` (two plain boxes).
+Every other function takes [..., 4] tensors and computes in the input dtype except the overlaps, which work
+in float32 (stable under bf16 autocast).
 """
 
 from __future__ import annotations
@@ -44,6 +45,17 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     inter = (rb - lt).clamp(min=0).prod(-1)
     union = box_area(a)[:, None] + box_area(b)[None, :] - inter
     return inter / union.clamp(min=_EPS), union
+
+
+def iou(a, b) -> float:
+    """IoU of two xyxy boxes given as plain sequences of floats (the corpus builders place objects one by
+    one). Python floats (float64) on purpose, not ``box_iou``'s float32: a placement accepted at
+    ``iou <= max_overlap`` must not flip with the precision, or the built corpora would change."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
 
 
 def generalized_box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

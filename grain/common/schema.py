@@ -34,7 +34,6 @@ The file's key-value metadata carries ``grain.schema_version``.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterable, Mapping, Sequence
 
 import pyarrow as pa
@@ -101,6 +100,14 @@ def empty_row(key: str, source: str) -> dict:
         row[name] = []
     row.update(key=key, source=source, status=STATUS_OK)
     return row
+
+
+def descriptions_and_index(box_descriptions: Sequence[str]) -> tuple[list[str], list[int]]:
+    """Each box's description → (the row's ``descriptions``: unique, in first-seen order; its
+    ``box_desc_index``): the one way the corpus builders and fixtures turn labelled boxes into a row."""
+    descriptions = list(dict.fromkeys(box_descriptions))
+    position = {d: i for i, d in enumerate(descriptions)}
+    return descriptions, [position[d] for d in box_descriptions]
 
 
 def error_row(key: str, source: str, status: str, error: str, **extra) -> dict:
@@ -180,9 +187,10 @@ def write_table(table: pa.Table, path: str, filesystem=None) -> None:
     """Write one shard atomically on a local path (temp file + rename); schema metadata is kept."""
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), **SCHEMA.metadata})
     if filesystem is None:
-        tmp = f"{path}.tmp-{os.getpid()}"
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
+        from grain.common.storage import atomic_open  # storage is the heavier import (fsspec)
+
+        with atomic_open(path, commit=False) as fh:
+            pq.write_table(table, fh)
     else:
         pq.write_table(table, path, filesystem=filesystem)
 

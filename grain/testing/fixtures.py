@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from grain.common.schema import FLAG_NO_BOXES, empty_row, error_row, to_table, validate_table, write_table
+from grain.common.schema import (FLAG_NO_BOXES, descriptions_and_index, empty_row, error_row, to_table, validate_table,
+                                 write_table)
 
 _COLOURS = {
     "red": (220, 40, 40),
@@ -86,7 +87,7 @@ def write_fixture_shards(out_dir: str, spec: FixtureSpec | None = None, **overri
             key = f"{s:05d}{r:04d}"
             n = int(rng.integers(spec.min_objects, spec.max_objects + 1))
             png, caption, descs, boxes, scores = synthetic_sample(rng, spec.width, spec.height, n)
-            uniq = list(dict.fromkeys(descs))
+            uniq, box_desc_index = descriptions_and_index(descs)
             row = empty_row(key, f"fixture-{s:05d}.tar::{key}.png")
             row.update(
                 image=png,
@@ -97,7 +98,7 @@ def write_fixture_shards(out_dir: str, spec: FixtureSpec | None = None, **overri
                 descriptions=uniq,
                 boxes=boxes,
                 box_scores=scores,
-                box_desc_index=[uniq.index(d) for d in descs],
+                box_desc_index=box_desc_index,
                 flags=list(spec.extra_flags) + ([] if boxes else [FLAG_NO_BOXES]),
                 mllm_model="fixture",
                 detector_model="fixture",

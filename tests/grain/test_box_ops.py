@@ -51,6 +51,9 @@ def test_iou_known_value():
     b = torch.tensor([[0.25, 0.25, 0.75, 0.75]])
     iou, _ = box_ops.box_iou(a, b)
     assert abs(iou.item() - 0.0625 / (0.25 + 0.25 - 0.0625)) < 1e-6
+    # the plain-float IoU of the corpus builders: the same value, 0 for disjoint or empty boxes
+    assert abs(box_ops.iou(a[0].tolist(), b[0].tolist()) - iou.item()) < 1e-6
+    assert box_ops.iou([0, 0, 0.1, 0.1], [0.5, 0.5, 0.6, 0.6]) == 0.0 and box_ops.iou([0, 0, 0, 0], [0, 0, 0, 0]) == 0.0
 
 
 def test_nms_per_label_matches_brute_force():
