@@ -8,6 +8,7 @@ hold only plain types (numbers, strings, lists, dicts, tensors), e.g. step, epoc
 from __future__ import annotations
 
 import os
+from typing import BinaryIO
 
 import torch
 from torch import nn
@@ -33,18 +34,27 @@ def unwrapped_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_checkpoint(path: str, model: nn.Module, cfg: ModelConfig, extra: dict | None = None) -> str:
-    """Write ``model``'s weights + ``cfg`` to ``path`` atomically (temp file + rename); return ``path``."""
-    payload = {
+def _payload(model: nn.Module, cfg: ModelConfig, extra: dict | None) -> dict:
+    return {
         "format": FORMAT,
         "config": cfg.to_dict(),
         "state_dict": {k: v.detach().cpu() for k, v in unwrapped_state_dict(model).items()},
         "extra": dict(extra or {}),
     }
+
+
+def write_checkpoint(f: BinaryIO, model: nn.Module, cfg: ModelConfig, extra: dict | None = None) -> None:
+    """Write the checkpoint of ``model`` + ``cfg`` to a binary file object. Atomicity is the caller's
+    (e.g. a storage layer's atomic open), so a checkpoint can go to any location the caller can open."""
+    torch.save(_payload(model, cfg, extra), f)
+
+
+def save_checkpoint(path: str, model: nn.Module, cfg: ModelConfig, extra: dict | None = None) -> str:
+    """Write ``model``'s weights + ``cfg`` to ``path`` atomically (temp file + rename); return ``path``."""
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save(payload, tmp)
+    torch.save(_payload(model, cfg, extra), tmp)
     os.replace(tmp, path)
     return path
 

@@ -8,7 +8,7 @@ Output layout (``cfg.output``, a local path or fsspec URI)::
     metrics.jsonl       one JSON record per logged step (loss terms, lr, samples/s, data vs compute s)
     tensorboard/        the same scalars for TensorBoard
     loss_curves.png     loss terms and lr against the step
-    final.pt            grain.checkpoint.save_checkpoint of the last model (evaluation loads it)
+    final.pt            grain.checkpoint.write_checkpoint of the last model (evaluation loads it)
     ray/<run_name>/     Ray Train's run directory: checkpoint_* with state.pt (resume)
     sample_keys/        per-rank keys of every step (only with log_sample_keys)
 
@@ -25,11 +25,12 @@ import json
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 
 from grain.common import storage
 from grain.common.safety import refuse_test_hooks
 from trainers.config import TEST_HOOK_KEYS, TrainConfig
-from trainers.index import DataError, build_index
+from trainers.index import DataError, DataIndex, build_index
 from trainers.optim import warmup_steps_for
 from trainers.plan import steps_per_epoch
 
@@ -98,8 +99,8 @@ def _fit_in_process(cfg: TrainConfig, loop_config: dict, run_name: str, storage_
 
 def export_final(checkpoint_dir: str, out_uri: str) -> dict:
     """Load ``state.pt`` from a checkpoint directory, rebuild the model, save it with
-    ``grain.checkpoint.save_checkpoint`` at ``out_uri`` (local path or URI). Returns the training state's counters."""
-    from grain.checkpoint import save_checkpoint
+    ``grain.checkpoint.write_checkpoint`` at ``out_uri`` (local path or URI). Returns the training state's counters."""
+    from grain.checkpoint import write_checkpoint
     from grain.config import ModelConfig
     from grain.model import build_model
     from trainers.state import load_state
@@ -110,28 +111,45 @@ def export_final(checkpoint_dir: str, out_uri: str) -> dict:
     model.load_state_dict(st["model"])
     extra = {"step": st["step"], "epoch": st["epoch"], "samples_seen": st["samples_seen"],
              "train_config": st["config"], "loss_config": st["loss_config"]}
-    if storage.is_local(out_uri):
-        save_checkpoint(out_uri, model, mcfg, extra=extra)
-    else:
-        with tempfile.TemporaryDirectory() as d:
-            p = os.path.join(d, "final.pt")
-            save_checkpoint(p, model, mcfg, extra=extra)
-            with open(p, "rb") as f:
-                storage.atomic_write_bytes(out_uri, f.read())
+    # One atomic write, local path or URI. An object-store final.pt is committed (a .done marker after
+    # the object, the storage protocol's rule for remote readers); a local one carries no marker.
+    with storage.atomic_open(out_uri, commit=not storage.is_local(out_uri)) as f:
+        write_checkpoint(f, model, mcfg, extra=extra)
     return {k: st[k] for k in ("step", "epoch", "samples_seen")}
 
 
-def run_training(cfg: TrainConfig) -> dict:
-    """Train per ``cfg``; return {output, final_checkpoint, steps, metrics, run_json, ...}."""
-    refuse_test_hooks({k: getattr(cfg, k) for k in TEST_HOOK_KEYS}, "run_training")  # configs built in code too
-    cfg.validate()
-    t0 = time.time()
+@dataclass
+class RunPlan:
+    """Where a run writes and its schedule, fixed before any worker starts."""
+
+    out: str  # cfg.output without a trailing slash (local path or URI)
+    run_name: str
+    storage_path: str  # Ray's storage (checkpoints)
+    index: DataIndex
+    world: int
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+
+    @property
+    def local_out(self) -> bool:
+        return storage.is_local(self.out)
+
+    def loop_config(self, cfg: TrainConfig) -> dict:
+        """The ``train_loop`` argument: a local output is written in place, a URI one through rank 0's uploads."""
+        local = self.local_out
+        return {"config": cfg.to_dict(), "index": self.index, "steps_per_epoch": self.steps_per_epoch,
+                "total_steps": self.total_steps, "warmup_steps": self.warmup_steps,
+                "log_dir": self.out if local else None, "log_uri": None if local else self.out,
+                "keys_dir": os.path.join(self.out, "sample_keys") if local else None}
+
+
+def plan_run(cfg: TrainConfig) -> RunPlan:
+    """Create the output, index the shards and fix the schedule; DataError when the rows are too few."""
     out = cfg.output.rstrip("/")
     storage.makedirs(out)
     run_name = cfg.run_name or os.path.basename(out) or "grain-train"
     storage_path = cfg.storage_path or storage.join(out, "ray")
-    local_out = storage.is_local(out)
-
     index = build_index(cfg.data.path)
     world = max(1, cfg.workers)
     spe = steps_per_epoch(index, world, cfg.batch_size, cfg.seed, cfg.epochs)
@@ -140,16 +158,22 @@ def run_training(cfg: TrainConfig) -> dict:
                          f"{cfg.batch_size} (skipped: {index.skipped})")
     total = spe * cfg.epochs
     warmup = min(warmup_steps_for(cfg.optim, spe), total)
+    return RunPlan(out=out, run_name=run_name, storage_path=storage_path, index=index, world=world,
+                   steps_per_epoch=spe, total_steps=total, warmup_steps=warmup)
+
+
+def _start_run_json(cfg: TrainConfig, plan: RunPlan, t0: float, run_json: str) -> dict:
+    """Write run.json's "running" record (a rerun keeps the earlier attempts under ``history``); return it."""
     run_info = {
         "status": "running",
         "started_at": t0,
         "config": cfg.to_dict(),
-        "data": index.summary(),
-        "schedule": {"steps_per_epoch": spe, "total_steps": total, "warmup_steps": warmup,
-                     "global_batch": cfg.batch_size * world, "stop_at": min(total, cfg.max_steps or total)},
-        "ray": {"run_name": run_name, "storage_path": storage_path},
+        "data": plan.index.summary(),
+        "schedule": {"steps_per_epoch": plan.steps_per_epoch, "total_steps": plan.total_steps,
+                     "warmup_steps": plan.warmup_steps, "global_batch": cfg.batch_size * plan.world,
+                     "stop_at": min(plan.total_steps, cfg.max_steps or plan.total_steps)},
+        "ray": {"run_name": plan.run_name, "storage_path": plan.storage_path},
     }
-    run_json = storage.join(out, "run.json")
     if storage.exists(run_json):  # a rerun (resume): keep what the earlier attempts recorded
         try:
             prev = json.loads(storage.read_bytes(run_json))
@@ -158,41 +182,60 @@ def run_training(cfg: TrainConfig) -> dict:
         except ValueError:
             run_info["history"] = [{"unreadable_run_json": True}]
     _write_json(run_json, run_info)
-    print(f"[grain train] {index.num_ok} rows from {len(index.files)} shard(s) (skipped {index.skipped or 'none'}); "
-          f"{spe} steps/epoch × {cfg.epochs} epochs, global batch {cfg.batch_size * world}", flush=True)
+    return run_info
 
-    loop_config = {"config": cfg.to_dict(), "index": index, "steps_per_epoch": spe, "total_steps": total,
-                   "warmup_steps": warmup, "log_dir": out if local_out else None,
-                   "log_uri": None if local_out else out,
-                   "keys_dir": os.path.join(out, "sample_keys") if local_out else None}
-    try:
-        if cfg.workers == 0:
-            ckpt_dir = _fit_in_process(cfg, loop_config, run_name, storage_path)
-            counters = export_final(ckpt_dir, storage.join(out, "final.pt"))
-            ckpt_ref = ckpt_dir
-        else:
-            ckpt = _fit_with_ray(cfg, loop_config, run_name, storage_path)
-            with ckpt.as_directory() as d:
-                counters = export_final(d, storage.join(out, "final.pt"))
-            ckpt_ref = ckpt.path
-    except BaseException as e:
-        run_info.update(status="failed", error=f"{type(e).__name__}: {e}", finished_at=time.time())
-        _write_json(run_json, run_info)
-        raise
 
+def _fit_and_export(cfg: TrainConfig, plan: RunPlan) -> tuple[dict, str]:
+    """Train in-process or on Ray, export final.pt; return (its counters, the last checkpoint's location)."""
+    loop_config = plan.loop_config(cfg)
+    final = storage.join(plan.out, "final.pt")
+    if cfg.workers == 0:
+        ckpt_dir = _fit_in_process(cfg, loop_config, plan.run_name, plan.storage_path)
+        return export_final(ckpt_dir, final), ckpt_dir
+    ckpt = _fit_with_ray(cfg, loop_config, plan.run_name, plan.storage_path)
+    with ckpt.as_directory() as d:
+        counters = export_final(d, final)
+    return counters, ckpt.path
+
+
+def _curves(cfg: TrainConfig, plan: RunPlan) -> tuple[str | None, list[dict]]:
+    """Draw loss_curves.png (uploaded for a URI output); return (the local PNG or None, the metric records)."""
     from trainers.metrics import plot_loss_curves, read_metrics
 
-    log_dir = out
-    if not local_out:  # rank 0 uploaded its logs; plot from a local copy
+    out, log_dir = plan.out, plan.out
+    if not plan.local_out:  # rank 0 uploaded its logs; plot from a local copy
         log_dir = tempfile.mkdtemp(prefix="grain-train-plot-")
         with open(os.path.join(log_dir, "metrics.jsonl"), "wb") as f:
             f.write(storage.read_bytes(storage.join(out, "metrics.jsonl")))
     metrics_path = os.path.join(log_dir, "metrics.jsonl")
-    png = plot_loss_curves(metrics_path, os.path.join(log_dir, "loss_curves.png"), title=f"{run_name} ({cfg.model.get('kind', 'grain')})")
+    png = plot_loss_curves(metrics_path, os.path.join(log_dir, "loss_curves.png"),
+                           title=f"{plan.run_name} ({cfg.model.get('kind', 'grain')})")
     records = read_metrics(metrics_path)
-    if png and not local_out:
+    if png and not plan.local_out:
         with open(png, "rb") as f:
             storage.atomic_write_bytes(storage.join(out, "loss_curves.png"), f.read(), commit=False)
+    return png, records
+
+
+def run_training(cfg: TrainConfig) -> dict:
+    """Train per ``cfg``; return {output, final_checkpoint, steps, metrics, run_json, ...}."""
+    refuse_test_hooks({k: getattr(cfg, k) for k in TEST_HOOK_KEYS}, "run_training")  # configs built in code too
+    cfg.validate()
+    t0 = time.time()
+    plan = plan_run(cfg)
+    out, index = plan.out, plan.index
+    run_json = storage.join(out, "run.json")
+    run_info = _start_run_json(cfg, plan, t0, run_json)
+    print(f"[grain train] {index.num_ok} rows from {len(index.files)} shard(s) (skipped {index.skipped or 'none'}); "
+          f"{plan.steps_per_epoch} steps/epoch × {cfg.epochs} epochs, global batch {cfg.batch_size * plan.world}",
+          flush=True)
+    try:
+        counters, ckpt_ref = _fit_and_export(cfg, plan)
+    except BaseException as e:
+        run_info.update(status="failed", error=f"{type(e).__name__}: {e}", finished_at=time.time())
+        _write_json(run_json, run_info)
+        raise
+    png, records = _curves(cfg, plan)
     result = {
         "output": out,
         "final_checkpoint": storage.join(out, "final.pt"),

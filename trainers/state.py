@@ -1,16 +1,22 @@
 """Training state ↔ a checkpoint directory (``state.pt``), loadable with ``torch.load(weights_only=True)``.
 
+The directory is a local path or a storage URI (grain.common.storage): ``state.pt`` is one atomic
+write there (temp file + rename locally, one object upload on an object store).
+
 Everything stored is tensors or plain Python types: model and optimizer state dicts, the scheduler's
 state, counters, RNG states as uint8 tensors, and the configs as dicts.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import random
 
 import numpy as np
 import torch
+
+from grain.common import storage
 
 STATE_FILE = "state.pt"
 
@@ -48,8 +54,7 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 def save_state(directory: str, *, model, optimizer, scheduler, step: int, epoch: int, step_in_epoch: int,
                samples_seen: int, config: dict, model_config: dict, loss_config: dict, world_size: int) -> str:
-    """Write ``<directory>/state.pt``; ``step`` = optimizer steps completed. Returns the file path."""
-    os.makedirs(directory, exist_ok=True)
+    """Write ``<directory>/state.pt`` (local path or URI); ``step`` = optimizer steps completed. Returns its location."""
     state = {
         "model": {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()},
         "optimizer": optimizer.state_dict(),
@@ -64,15 +69,21 @@ def save_state(directory: str, *, model, optimizer, scheduler, step: int, epoch:
         "model_config": model_config,
         "loss_config": loss_config,
     }
-    path = os.path.join(directory, STATE_FILE)
-    tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # a crash mid-write never leaves a truncated state.pt
+    path = storage.join(directory, STATE_FILE)
+    # A crash mid-write never leaves a truncated state.pt. No .done marker: the checkpoint is
+    # committed by whoever publishes the directory (Ray's report, LocalSession's rename).
+    with storage.atomic_open(path, commit=False) as f:
+        torch.save(state, f)
     return path
 
 
 def load_state(directory: str, map_location="cpu") -> dict:
-    path = os.path.join(directory, STATE_FILE)
-    if not os.path.isfile(path):
+    """The state saved by ``save_state`` in ``directory`` (local path or URI)."""
+    path = storage.join(directory, STATE_FILE)
+    if storage.is_local(directory):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"checkpoint directory {directory} has no {STATE_FILE}")
+        return torch.load(path, map_location=map_location, weights_only=True)
+    if not storage.exists(path):
         raise FileNotFoundError(f"checkpoint directory {directory} has no {STATE_FILE}")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    return torch.load(io.BytesIO(storage.read_bytes(path)), map_location=map_location, weights_only=True)
