@@ -27,6 +27,7 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -75,7 +76,7 @@ def oracle_tokens(tb: torch.Tensor, timg: torch.Tensor, n: int, cfg) -> torch.Te
     return tok
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bench", required=True, help="a `grain bench grounding` output folder (its corpus/)")
     ap.add_argument("--tower", default="random-init",
@@ -97,18 +98,39 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup-steps", type=int, default=None, help="default: the run file's")
     ap.add_argument("--train-rows", type=int, default=3500)
     ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(1)
-    corpus = os.path.join(args.bench, "corpus")
-    shards = storage.list_shards(corpus)[0] if os.path.isdir(corpus) else []
-    if len(shards) < 2:
-        ap.error(f"{args.bench}: needs at least 2 corpus shards")
-    run = load_bench_config(args.config)["train"]
-    optim = OptimSettings(**{k: tuple(v) if k == "betas" else v for k, v in run.get("optim", {}).items()})
-    peak = optim.lr if args.lr is None else args.lr
-    clip = optim.grad_clip if args.grad_clip is None else args.grad_clip
-    warmup = int(optim.warmup_steps or 0) if args.warmup_steps is None else args.warmup_steps
+    return ap
+
+
+@dataclass
+class Schedule:
+    """The run file's optimiser settings with the command line's overrides applied."""
+
+    optim: OptimSettings
+    peak: float
+    clip: float
+    warmup: int
+
+    @classmethod
+    def from_run(cls, run: dict, args) -> Schedule:
+        optim = OptimSettings(**{k: tuple(v) if k == "betas" else v for k, v in run.get("optim", {}).items()})
+        return cls(optim=optim,
+                   peak=optim.lr if args.lr is None else args.lr,
+                   clip=optim.grad_clip if args.grad_clip is None else args.grad_clip,
+                   warmup=int(optim.warmup_steps or 0) if args.warmup_steps is None else args.warmup_steps)
+
+    def lr(self, step: int, total: int) -> float:
+        o = self.optim
+        return lr_at(step, total_steps=total, warmup_steps=self.warmup, peak=self.peak, start=o.warmup_start_lr,
+                     final=o.min_lr)
+
+    def describe(self) -> str:
+        o = self.optim
+        return (f"AdamW lr {self.peak:g} (warm-up {self.warmup} from {o.warmup_start_lr:g}, cosine to {o.min_lr:g}), "
+                f"wd {o.weight_decay:g}, clip {self.clip or 'none'}")
+
+
+def _tower(ap, args, run: dict):
+    """The image tower (eval mode) and the config of the decoder to train → (tower, cfg)."""
     if args.tower in ("random-init", "oracle"):
         model = dict(run.get("model", {"preset": "tiny"}))
         over = {k: v for k, v in model.items() if k not in ("preset", "kind")}
@@ -125,88 +147,144 @@ def main(argv=None) -> int:
         ap.error("--train-tower needs a real tower (random-init or a checkpoint)")
     if args.memory_pos:
         cfg = ModelConfig.from_dict({**cfg.to_dict(), "decoder_memory_pos": args.memory_pos})
+    return tower, cfg
+
+
+def _rows(args, shards: list[str]) -> tuple[list[dict], list[dict]]:
+    """Train rows (all shards but the last, at most ``--train-rows``) and val rows (the last shard)."""
     train_rows = [r for p in shards[:-1] for r in read_table(p).to_pylist()][: args.train_rows]
-    val_rows = read_table(shards[-1]).to_pylist()
-    t0 = time.perf_counter()
+    return train_rows, read_table(shards[-1]).to_pylist()
+
+
+def _encoded(args, tower, cfg, train_rows: list[dict], val_rows: list[dict]) -> tuple[tuple, tuple]:
+    """The rows encoded → (train, val), each (tokens or images [N, ...], target boxes [M, 4], target image [M])."""
     tok, tb, timg = encode(tower, cfg, train_rows, keep_images=args.train_tower)
     vtok, vtb, vtimg = encode(tower, cfg, val_rows, keep_images=args.train_tower)
     if args.tower == "oracle":
         tok, vtok = oracle_tokens(tb, timg, len(tok), cfg), oracle_tokens(vtb, vtimg, len(vtok), cfg)
-    print(f"tokens: {tuple(tok.shape)} train, {tuple(vtok.shape)} val ({time.perf_counter() - t0:.0f} s); "
-          f"tower {args.tower}{' (trained here)' if args.train_tower else ' (frozen)'}, "
-          f"{cfg.image_size // cfg.patch_size}² grid, memory_pos {cfg.decoder_memory_pos}, "
-          f"vision_pos {cfg.vision_pos_embed}; "
-          f"AdamW lr {peak:g} (warm-up {warmup} from {optim.warmup_start_lr:g}, cosine to {optim.min_lr:g}), "
-          f"wd {optim.weight_decay:g}, clip {clip or 'none'}")
-    memory = (lambda x: tower.image_tokens(x)) if args.train_tower else (lambda x: x)
-    dec = build_model(cfg).decoder  # a fresh decoder exactly as GrainModel builds it
-    if dec is None:
-        ap.error(f"{args.tower}: a CLIP-baseline checkpoint has no region decoder")
-    named = list(dec.named_parameters()) + (list(tower.visual.named_parameters()) if args.train_tower else [])
-    named = [(k, p) for k, p in named if p.requires_grad]  # a sincos2d table is frozen
-    params = [p for _, p in named]
-    # GrainModel.param_groups' rule: no decay on < 2-dim parameters. The projections get no gradient
-    # here (AdamW skips them).
-    opt = torch.optim.AdamW([{"params": [p for _, p in named if p.ndim >= 2], "weight_decay": optim.weight_decay},
-                             {"params": [p for _, p in named if p.ndim < 2], "weight_decay": 0.0}],
-                            lr=peak, betas=tuple(optim.betas), eps=optim.eps)
-    matcher = HungarianMatcher()
-    n = tok.shape[0]
-    order = torch.randperm(n)
-    b = args.batch_size
+    return (tok, tb, timg), (vtok, vtb, vtimg)
+
+
+def _adamw(named: list, sched: Schedule) -> torch.optim.AdamW:
+    """GrainModel.param_groups' rule: no decay on < 2-dim parameters. The projections get no gradient
+    here (AdamW skips them)."""
+    o = sched.optim
+    return torch.optim.AdamW([{"params": [p for _, p in named if p.ndim >= 2], "weight_decay": o.weight_decay},
+                              {"params": [p for _, p in named if p.ndim < 2], "weight_decay": 0.0}],
+                             lr=sched.peak, betas=tuple(o.betas), eps=o.eps)
+
+
+@dataclass
+class Probe:
+    """A fresh decoder (and, with ``train_tower``, the tower) trained on the box loss of the encoded rows."""
+
+    dec: torch.nn.Module
+    tower: torch.nn.Module
+    train_tower: bool
+    train: tuple  # (tokens [N, T, W] or images, boxes [M, 4], image of each box [M])
+    val: tuple
+    matcher: HungarianMatcher
+
+    def memory(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tower.image_tokens(x) if self.train_tower else x
+
+    def evaluate(self):
+        """Val predictions [N_val, Q, 4] and their matched losses."""
+        vtok, vtb, vtimg = self.val
+        self.dec.eval()
+        self.tower.eval()
+        with torch.no_grad():
+            pred = torch.cat([self.dec(self.memory(vtok[i: i + 128]))["pred_boxes"] for i in range(0, len(vtok), 128)])
+        self.dec.train()
+        self.tower.train(self.train_tower)
+        return pred, {k: float(v) for k, v in matched_losses(pred, vtb, vtimg, self.matcher).items()}
+
+    def pos_r2(self) -> float:
+        vtok = self.val[0]
+        with torch.no_grad():
+            mem = torch.cat([self.dec.memory_values(self.memory(vtok[i: i + 128]))[:, 1:]
+                             for i in range(0, len(vtok), 128)])
+        return position_probe(mem, int(0.8 * len(mem)))
+
+    def best_constant_losses(self) -> dict:
+        """Matched losses of the best image-independent box set on the val rows."""
+        _, vtb, vtimg = self.val
+        pred, _ = self.evaluate()
+        const = best_constant(vtb, vtimg, pred.shape[0], pred.shape[1], pred.mean(0))
+        return {k: float(v) for k, v in matched_losses(const.unsqueeze(0).expand_as(pred), vtb, vtimg, self.matcher).items()}
+
+    def batch(self, idx: torch.Tensor, by_image: list[list[int]]):
+        """Tokens of images ``idx`` [B] → (memory input [B, ...], their boxes [M, 4], box → position in idx [M])."""
+        tok, tb, timg = self.train
+        sel = [j for i in idx.tolist() for j in by_image[i]]
+        remap = {int(i): k for k, i in enumerate(idx.tolist())}
+        return tok[idx], tb[sel], torch.tensor([remap[int(timg[j])] for j in sel], dtype=torch.long)
+
+
+def _train(probe: Probe, opt, params: list, sched: Schedule, args, order: torch.Tensor, base: dict) -> None:
+    """``args.steps`` AdamW steps on random batches, a val line 8 times and at the end."""
+    tok, _, timg = probe.train
+    n, b = tok.shape[0], args.batch_size
     by_image = [[] for _ in range(n)]
     for j, i in enumerate(timg.tolist()):
         by_image[i].append(j)
-
-    def evaluate():
-        dec.eval()
-        tower.eval()
-        with torch.no_grad():
-            pred = torch.cat([dec(memory(vtok[i: i + 128]))["pred_boxes"] for i in range(0, len(vtok), 128)])
-        dec.train()
-        tower.train(args.train_tower)
-        return pred, {k: float(v) for k, v in matched_losses(pred, vtb, vtimg, matcher).items()}
-
-    def pos_r2() -> float:
-        with torch.no_grad():
-            mem = torch.cat([dec.memory_values(memory(vtok[i: i + 128]))[:, 1:] for i in range(0, len(vtok), 128)])
-        return position_probe(mem, int(0.8 * len(mem)))
-
-    print(f"position probe (R² of a patch's x, y from the decoder memory values), before training: {pos_r2():.3f}")
-    pred, _ = evaluate()
-    const = best_constant(vtb, vtimg, pred.shape[0], pred.shape[1], pred.mean(0))
-    base = {k: float(v) for k, v in matched_losses(const.unsqueeze(0).expand_as(pred), vtb, vtimg, matcher).items()}
-    print(f"val: {len(val_rows)} rows, {vtb.shape[0]} boxes; best image-independent boxes 1-GIoU {base['1-giou']:.3f}")
-    print(f"{'step':>6} {'train loss':>10} {'val 1-GIoU':>10} {'/ best-constant':>15} {'box std':>8}")
-    t0 = time.perf_counter()
     for step in range(1, args.steps + 1):
         idx = order[(step * b) % n: (step * b) % n + b]
         if len(idx) < b:
             order = torch.randperm(n)
             idx = order[:b]
-        sel = [j for i in idx.tolist() for j in by_image[i]]
-        remap = {int(i): k for k, i in enumerate(idx.tolist())}
-        btb = tb[sel]
-        bimg = torch.tensor([remap[int(timg[j])] for j in sel], dtype=torch.long)
-        lr = lr_at(step - 1, total_steps=args.steps, warmup_steps=warmup, peak=peak, start=optim.warmup_start_lr,
-                   final=optim.min_lr)
+        x, btb, bimg = probe.batch(idx, by_image)
         for g in opt.param_groups:
-            g["lr"] = lr
-        out = dec(memory(tok[idx]))
-        m = matched_losses(out["pred_boxes"], btb, bimg, matcher)
+            g["lr"] = sched.lr(step - 1, args.steps)
+        m = matched_losses(probe.dec(probe.memory(x))["pred_boxes"], btb, bimg, probe.matcher)
         loss = m["l1"] + m["1-giou"]
         opt.zero_grad()
         loss.backward()
-        if clip:
-            torch.nn.utils.clip_grad_norm_(params, clip)
+        if sched.clip:
+            torch.nn.utils.clip_grad_norm_(params, sched.clip)
         opt.step()
         if step % max(1, args.steps // 8) == 0 or step == args.steps:
-            pred, v = evaluate()
+            pred, v = probe.evaluate()
             print(f"{step:>6} {float(loss.detach()):>10.3f} {v['1-giou']:>10.3f} {v['1-giou'] / base['1-giou']:>15.2f} "
                   f"{float(pred.std(0).mean()):>8.3f}", flush=True)
-    print(f"({time.perf_counter() - t0:.0f} s; target box std across images {float(vtb.std(0).mean()):.3f})")
+
+
+def main(argv=None) -> int:
+    ap = _parser()
+    args = ap.parse_args(argv)
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(1)
+    corpus = os.path.join(args.bench, "corpus")
+    shards = storage.list_shards(corpus)[0] if os.path.isdir(corpus) else []
+    if len(shards) < 2:
+        ap.error(f"{args.bench}: needs at least 2 corpus shards")
+    run = load_bench_config(args.config)["train"]
+    sched = Schedule.from_run(run, args)
+    tower, cfg = _tower(ap, args, run)
+    train_rows, val_rows = _rows(args, shards)
+    t0 = time.perf_counter()
+    train, val = _encoded(args, tower, cfg, train_rows, val_rows)
+    print(f"tokens: {tuple(train[0].shape)} train, {tuple(val[0].shape)} val ({time.perf_counter() - t0:.0f} s); "
+          f"tower {args.tower}{' (trained here)' if args.train_tower else ' (frozen)'}, "
+          f"{cfg.image_size // cfg.patch_size}² grid, memory_pos {cfg.decoder_memory_pos}, "
+          f"vision_pos {cfg.vision_pos_embed}; {sched.describe()}")
+    dec = build_model(cfg).decoder  # a fresh decoder exactly as GrainModel builds it
+    if dec is None:
+        ap.error(f"{args.tower}: a CLIP-baseline checkpoint has no region decoder")
+    named = list(dec.named_parameters()) + (list(tower.visual.named_parameters()) if args.train_tower else [])
+    named = [(k, p) for k, p in named if p.requires_grad]  # a sincos2d table is frozen
+    opt = _adamw(named, sched)
+    probe = Probe(dec=dec, tower=tower, train_tower=args.train_tower, train=train, val=val, matcher=HungarianMatcher())
+    order = torch.randperm(train[0].shape[0])  # the first batch order, drawn right after the decoder's init
+    print(f"position probe (R² of a patch's x, y from the decoder memory values), before training: {probe.pos_r2():.3f}")
+    base = probe.best_constant_losses()
+    print(f"val: {len(val_rows)} rows, {val[1].shape[0]} boxes; best image-independent boxes 1-GIoU {base['1-giou']:.3f}")
+    print(f"{'step':>6} {'train loss':>10} {'val 1-GIoU':>10} {'/ best-constant':>15} {'box std':>8}")
+    t0 = time.perf_counter()
+    _train(probe, opt, [p for _, p in named], sched, args, order, base)
+    print(f"({time.perf_counter() - t0:.0f} s; target box std across images {float(val[1].std(0).mean()):.3f})")
     if args.train_tower:
-        print(f"position probe after training: {pos_r2():.3f}")
+        print(f"position probe after training: {probe.pos_r2():.3f}")
     return 0
 
 
