@@ -151,17 +151,8 @@ def _wait_state(api_url: str, run_id: str, pred, timeout: float, what: str) -> d
         time.sleep(2)
 
 
-def test_stack_pipeline_survives_a_killed_worker_and_stops_cleanly(stack_env, tmp_path, tiny_models):
-    """`grain stack up` (twice: idempotent); a grain-pipeline deployment run (annotate → pretrain → evaluate
-    as subflows) whose worker is SIGKILLed mid-annotation ends Crashed (zombie automation); `grain stack up`
-    restarts the worker and the same deployment, run again at once, resumes the annotation (committed shards kept,
-    every row once) and completes: artifacts of every stage, the stages' own lines in the subflow run logs
-    (API), every listening socket on loopback; `grain stack down` leaves no process behind."""
-    from infra import demo_corpus, stack
-    from infra.demo import child_runs, trigger
-    from infra.zombies import ZOMBIE_MESSAGE
-
-    cfg = stack_env
+def _up_twice(stack, cfg) -> tuple[dict, list[int], dict]:
+    """`grain stack up`, then again (idempotent) → (status, service pids, listening sockets at rest)."""
     st = stack.up(cfg, timeout=300)
     assert st["up"], st
     pids = [s["pid"] for s in st["services"].values()]
@@ -169,10 +160,15 @@ def test_stack_pipeline_survives_a_killed_worker_and_stops_cleanly(stack_env, tm
     assert again["started"] == [] and [s["pid"] for s in again["services"].values()] == pids  # idempotent
     before = _listening(cfg, pids)
     _assert_loopback(before, "stack at rest")
+    return st, pids, before
+
+
+def _pipeline_params(tmp_path) -> tuple[dict, dict, str, str]:
+    """A demo corpus of ~12 shards → (corpus info, deployment parameters, workdir, annotation output)."""
+    from infra import demo_corpus
 
     corpus = str(tmp_path / "corpus")
     info = demo_corpus.build_corpus(corpus, limit=24, shard_size=2, show_progress=False)  # ~12 shards
-    n_shards = info["shards"]
     workdir = str(tmp_path / "run")
     out = os.path.join(workdir, "annotated")
     # One describer actor, 2 rows per batch and ≥ 0.5 s per batch: the shards after the first need ≥ 5 s
@@ -181,7 +177,14 @@ def test_stack_pipeline_survives_a_killed_worker_and_stops_cleanly(stack_env, tm
                                       "inject": {"describe_delay_s": 0.5}}},
                  "train": {"batch_size": 4, "epochs": 1},  # ≤ 24 rows, 2 workers: ≤ 3 steps
                  "eval": {"limit": 20, "templates": ["a photo of a {}."], "alphas": [1.0, 0.0]}}
-    params = {"input": corpus, "workdir": workdir, "overrides": overrides}
+    return info, {"input": corpus, "workdir": workdir, "overrides": overrides}, workdir, out
+
+
+def _kill_worker_mid_annotation(cfg, st, pids, before, params, out, n_shards) -> tuple[dict, dict]:
+    """Trigger the deployment, SIGKILL the worker once a shard is committed → (the killed run,
+    {committed shard name: its mtime})."""
+    from infra.demo import trigger
+
     worker = psutil.Process(st["services"]["worker"]["pid"])
     with _socket_watch(cfg, pids) as during:
         run = trigger("grain-pipeline/grain-pipeline", params, cfg.api_url, timeout=0)  # do not wait
@@ -204,10 +207,16 @@ def test_stack_pipeline_survives_a_killed_worker_and_stops_cleanly(stack_env, tm
                  for p in glob.glob(os.path.join(out, "*.parquet.done"))}
     assert 0 < len(committed) < n_shards, committed
     assert _flow_run(cfg.api_url, run["id"])["state"]["type"] == "RUNNING"  # what Prefect believes now
-    killed_run = run
+    return run, committed
 
-    # Bring the worker back and trigger the same deployment again at once: the annotation resumes, the
-    # rest runs. (The dead run is left to the zombie automation meanwhile: checked once this one is done.)
+
+def _rerun_after_restart(stack, cfg, params, killed_run) -> tuple[dict, list[int]]:
+    """Bring the worker back and trigger the same deployment again at once: the annotation resumes, the
+    rest runs. (The dead run is left to the zombie automation meanwhile: checked once this one is done.)
+    → (the completed run, the service pids now)."""
+    from infra.demo import trigger
+    from infra.zombies import ZOMBIE_MESSAGE
+
     again = stack.up(cfg, timeout=300)
     assert again["started"] == ["worker"], again["started"]
     pids = [s["pid"] for s in again["services"].values()]
@@ -219,6 +228,11 @@ def test_stack_pipeline_survives_a_killed_worker_and_stops_cleanly(stack_env, tm
     assert crashed["state"]["type"] == "CRASHED", crashed["state"]
     assert crashed["state"]["message"] == ZOMBIE_MESSAGE.format(s=ZOMBIE_AFTER_S)
     _assert_loopback(during, "grain-pipeline run")
+    return run, pids
+
+
+def _assert_outputs(out, workdir, n_shards, info, committed) -> None:
+    """Every shard committed, every row once, the pre-kill shards untouched; final.pt and eval results."""
     from grain.common.schema import read_table
 
     shards = sorted(glob.glob(os.path.join(out, "*.parquet")))
@@ -229,6 +243,12 @@ def test_stack_pipeline_survives_a_killed_worker_and_stops_cleanly(stack_env, tm
         assert os.path.getmtime(os.path.join(out, name)) == mtime, name
     assert os.path.getsize(os.path.join(workdir, "train", "final.pt")) > 0
     assert os.path.exists(os.path.join(workdir, "eval", "results.json"))
+
+
+def _assert_stage_runs(cfg, run, out, workdir, n_shards, info, committed) -> None:
+    """The three subflows' artifacts, the pipeline summary, the overlay PNG, and the stages' own log lines."""
+    from grain.common.schema import read_table
+    from infra.demo import child_runs
 
     subs = {c["flow"]: c for c in child_runs(cfg.api_url, run["id"])}
     assert set(subs) == {"annotate-cc12m", "pretrain-grain", "evaluate-grain"}, subs
@@ -261,6 +281,9 @@ def test_stack_pipeline_survives_a_killed_worker_and_stops_cleanly(stack_env, tm
     assert coverage_line(cov) in train_log
     assert "Zero-shot classification" in _logs(cfg.api_url, ids["evaluate-grain"])
 
+
+def _assert_down_leaves_nothing(stack, cfg, pids) -> None:
+    """`grain stack down` (twice: down when down is fine): no process in the services' sessions or naming the stack's folders."""
     procs_before = [psutil.Process(p) for p in pids if psutil.pid_exists(p)]
     stack.down(cfg)
     stack.down(cfg)  # down when down is fine
@@ -277,3 +300,22 @@ def test_stack_pipeline_survives_a_killed_worker_and_stops_cleanly(stack_env, tm
             leftovers.append((p.pid, cmd[:200]))
     assert not leftovers
     assert not stack.status(cfg)["up"]
+
+
+def test_stack_pipeline_survives_a_killed_worker_and_stops_cleanly(stack_env, tmp_path, tiny_models):
+    """`grain stack up` (twice: idempotent); a grain-pipeline deployment run (annotate → pretrain → evaluate
+    as subflows) whose worker is SIGKILLed mid-annotation ends Crashed (zombie automation); `grain stack up`
+    restarts the worker and the same deployment, run again at once, resumes the annotation (committed shards kept,
+    every row once) and completes: artifacts of every stage, the stages' own lines in the subflow run logs
+    (API), every listening socket on loopback; `grain stack down` leaves no process behind."""
+    from infra import stack
+
+    cfg = stack_env
+    st, pids, before = _up_twice(stack, cfg)
+    info, params, workdir, out = _pipeline_params(tmp_path)
+    n_shards = info["shards"]
+    killed_run, committed = _kill_worker_mid_annotation(cfg, st, pids, before, params, out, n_shards)
+    run, pids = _rerun_after_restart(stack, cfg, params, killed_run)
+    _assert_outputs(out, workdir, n_shards, info, committed)
+    _assert_stage_runs(cfg, run, out, workdir, n_shards, info, committed)
+    _assert_down_leaves_nothing(stack, cfg, pids)

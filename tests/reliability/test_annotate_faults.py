@@ -67,16 +67,11 @@ def _listening(pids):
             if c.status == psutil.CONN_LISTEN and c.pid in pids}
 
 
-def test_faults_then_sigkilled_driver_then_resume_on_a_cluster_gives_every_row_once(ray_local, tiny_models, tmp_path):
-    corpus = build_bad_input_corpus(str(tmp_path / "in"), n_good=12, max_side=160, extended=True)
-    inp, out = str(tmp_path / "in"), str(tmp_path / "out")
-    failing = "000000001"  # a photo of shard 00000: its MLLM call fails in both runs (→ model_error)
-    marker = str(tmp_path / "crashed-once")
-    # ≥ 0.3 s per MLLM batch: the shards after the first one need seconds more, so the kill lands mid-run.
-    inject = {"fail_keys": [failing], "describe_delay_s": 0.3}
-    env = {**os.environ, "PYTHONPATH": os.getcwd(), "GRAIN_ALLOW_TEST_HOOKS": "1"}  # run.inject is a test hook
-    before = _tree(str(tmp_path), skip=out)
-    log1 = open(tmp_path / "run1.log", "w")
+def _run1_killed_at_first_commit(inp, out, inject, env, log_path) -> tuple[bool, dict]:
+    """Run 1 until its first shard is committed, recording its processes' listening sockets; then the
+    driver gets ``kill -9`` and the processes it started are killed by PID → (still running at the kill,
+    {(ip, port): process name})."""
+    log1 = open(log_path, "w")
     proc = subprocess.Popen(_cmd(inp, out, "--set", f"run.inject={json.dumps(inject)}"), env=env, stdout=log1,
                             stderr=subprocess.STDOUT, start_new_session=True)
     seen_procs: dict[int, psutil.Process] = {}
@@ -101,6 +96,12 @@ def test_faults_then_sigkilled_driver_then_resume_on_a_cluster_gives_every_row_o
     finally:
         kill_all([p for p in seen_procs.values() if p.pid != proc.pid], timeout=20)  # orphaned Ray/vLLM processes we started
         log1.close()
+    return still_running, sockets
+
+
+def _what_the_crash_left(out, tmp_path, still_running: bool, sockets: dict) -> tuple[list[str], dict]:
+    """The markers committed by run 1 and their shards' mtimes; a crash's leftovers planted (a temp file,
+    an uncommitted half-written shard) → (sorted marker names, {marker: shard mtime})."""
     # What the crash left committed, counted once nothing of run 1 is alive: a Ray worker may commit
     # one more shard in the moment between the driver's SIGKILL and its own.
     done_at_kill = sorted(os.path.basename(p) for p in glob.glob(os.path.join(out, "*.parquet.done")))
@@ -112,10 +113,13 @@ def test_faults_then_sigkilled_driver_then_resume_on_a_cluster_gives_every_row_o
     pending = next(f"{i:05d}" for i in range(N_SHARDS) if f"{i:05d}.parquet.done" not in done_at_kill)
     open(os.path.join(out, f".{pending}.parquet.x1.tmp"), "wb").write(b"partial")
     open(os.path.join(out, f"{pending}.parquet"), "wb").write(b"not parquet")
+    return done_at_kill, committed_mtimes
 
-    # Run 2: the same command through the CLI, on a separate `ray start --head` cluster; this time the
-    # Grounder actor is killed on a good image of a shard not yet committed, so Ray must restart it and
-    # retry that batch.
+
+def _run2_on_a_cluster(inp, out, env, inject, corpus, failing, marker, done_at_kill) -> str:
+    """Run 2: the same command through the CLI, on a separate `ray start --head` cluster; this time the
+    Grounder actor is killed on a good image of a shard not yet committed, so Ray must restart it and
+    retry that batch → the key it was killed on."""
     committed_keys = {k for f in done_at_kill for k in read_table(os.path.join(out, f[: -len(".done")])).column("key").to_pylist()}
     crash_key = sorted(k for k, e in corpus.expected.items() if e.status == "ok" and k not in committed_keys and k != failing)[0]
     inject.update(crash_key=crash_key, crash_marker=marker, crash_stage="ground", describe_delay_s=0)
@@ -130,7 +134,12 @@ def test_faults_then_sigkilled_driver_then_resume_on_a_cluster_gives_every_row_o
     summary = json.loads(r.stdout[r.stdout.index("{"):])
     assert summary["shards_skipped"] == len(done_at_kill)
     assert summary["shards_written"] == N_SHARDS - len(done_at_kill)
+    return crash_key
 
+
+def _assert_rows(out, corpus, failing, crash_key) -> None:
+    """The row set the inputs determine (statuses, flags, sizes), once each; the retried and the failing
+    key; structured outputs (descriptions + boxes) end to end."""
     tables = [read_table(p) for p in sorted(glob.glob(os.path.join(out, "*.parquet")))]  # validates each shard
     assert len(tables) == N_SHARDS and sum(t.num_rows == 0 for t in tables) == 2  # the two empty shards
     rows = pa.concat_tables(tables).to_pylist()
@@ -165,6 +174,10 @@ def test_faults_then_sigkilled_driver_then_resume_on_a_cluster_gives_every_row_o
         assert all(s > 0.3 for s in row["box_scores"]) and row["box_scores"] == sorted(row["box_scores"], reverse=True)
         assert all(0 <= i < len(row["descriptions"]) for i in row["box_desc_index"])
         assert all(0 <= x1 <= x2 <= 1 and 0 <= y1 <= y2 <= 1 for x1, y1, x2, y2 in row["boxes"])
+
+
+def _assert_output_folder(out, tmp_path, corpus, committed_mtimes, before) -> None:
+    """Pre-kill shards untouched, no temp files, the manifest complete, nothing written outside ``out``."""
     assert committed_mtimes == {f: os.path.getmtime(os.path.join(out, f[: -len(".done")])) for f in committed_mtimes}
     assert not [f for f in os.listdir(out) if f.endswith(".tmp") or f.startswith(".")]
     manifest = json.load(open(os.path.join(out, "manifest.json")))
@@ -176,7 +189,9 @@ def test_faults_then_sigkilled_driver_then_resume_on_a_cluster_gives_every_row_o
     assert {k: v for k, v in after.items() if k not in ("run1.log", "crashed-once")} == before
     assert not os.path.exists(os.path.join(os.getcwd(), "x.jpg")) and not os.path.exists(tmp_path / "x.jpg")
 
-    # Run 3 (in process, the session's Ray): nothing left to do, nothing rewritten, no model started.
+
+def _run3_rewrites_nothing(inp, out) -> None:
+    """Run 3 (in process, the session's Ray): nothing left to do, nothing rewritten, no model started."""
     from annotators.config import load_config
     from annotators.pipeline import run_annotation
 
@@ -186,6 +201,23 @@ def test_faults_then_sigkilled_driver_then_resume_on_a_cluster_gives_every_row_o
     s3 = run_annotation(cfg)
     assert (s3["shards_written"], s3["shards_skipped"]) == (0, N_SHARDS)
     assert mtimes == {f: os.path.getmtime(os.path.join(out, f)) for f in mtimes}
+
+
+def test_faults_then_sigkilled_driver_then_resume_on_a_cluster_gives_every_row_once(ray_local, tiny_models, tmp_path):
+    corpus = build_bad_input_corpus(str(tmp_path / "in"), n_good=12, max_side=160, extended=True)
+    inp, out = str(tmp_path / "in"), str(tmp_path / "out")
+    failing = "000000001"  # a photo of shard 00000: its MLLM call fails in both runs (→ model_error)
+    marker = str(tmp_path / "crashed-once")
+    # ≥ 0.3 s per MLLM batch: the shards after the first one need seconds more, so the kill lands mid-run.
+    inject = {"fail_keys": [failing], "describe_delay_s": 0.3}
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "GRAIN_ALLOW_TEST_HOOKS": "1"}  # run.inject is a test hook
+    before = _tree(str(tmp_path), skip=out)
+    still_running, sockets = _run1_killed_at_first_commit(inp, out, inject, env, tmp_path / "run1.log")
+    done_at_kill, committed_mtimes = _what_the_crash_left(out, tmp_path, still_running, sockets)
+    crash_key = _run2_on_a_cluster(inp, out, env, inject, corpus, failing, marker, done_at_kill)
+    _assert_rows(out, corpus, failing, crash_key)
+    _assert_output_folder(out, tmp_path, corpus, committed_mtimes, before)
+    _run3_rewrites_nothing(inp, out)
 
 
 LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")  # the last: IPv4-mapped loopback on a dual-stack socket
