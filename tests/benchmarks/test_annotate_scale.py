@@ -1,5 +1,6 @@
 """benchmarks/annotate_scale.py (docs/performance.md, goal 3): the fixed-answer stages, the manifest's rewrite policy,
-and the benchmark end to end at a very small size (table and ratio printed; no absolute times checked)."""
+the marginal slope, and the benchmark end to end at a very small size (table and slope printed; no absolute
+times checked)."""
 
 from __future__ import annotations
 
@@ -58,16 +59,35 @@ def test_resume_scan_and_index_at_a_small_size(tmp_path):
     assert r["committed_shards"] == 20 and {"resume_scan_s", "index_s", "manifest_record_s"} <= set(r)
 
 
-def test_benchmark_prints_the_table_and_the_ratio(ray_local, tmp_path, capsys):
+def test_marginal_slope_from_two_known_sizes():
+    """The headline is the per-row cost of the rows added between the two largest sizes over the per-row
+    cost at the smaller one; on the 2026-11-29 figures (10⁵ → 10⁶) that is 1.36×, where the ratio of
+    per-row costs at 10⁶ vs 10³ read 0.57×."""
+    small = {"rows": 100_000, "driver_cpu_s": 14.07, "all_ray_cpu_s": 26.87}
+    large = {"rows": 1_000_000, "driver_cpu_s": 186.39, "all_ray_cpu_s": 299.71}
+    m = bench.marginal_slope(small, large)
+    assert (m["from_rows"], m["to_rows"]) == (100_000, 1_000_000)
+    assert m["driver_cpu_s_per_1k_added"] == 0.1915  # 1000 · 172.32 s / 900,000 rows
+    assert m["ratio_driver"] == 1.361 and m["ratio_all_ray"] == 1.128
+
+
+def test_benchmark_prints_the_table_and_the_slope(ray_local, tmp_path, capsys):
     out = tmp_path / "scale.json"
     assert bench.main(["--rows", "100", "1000", "--rows-per-shard", "400", "--batch-size", "64",
                        "--resume-shards", "20", "--json", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "driver CPU s/1k" in text and "ratio 1000 vs 100 rows" in text and "goal <= 1.5" in text
-    assert "resume scan, 20 committed shards" in text and "trainer shard index, 20 shards" in text
+    assert "driver CPU s/1k" in text and "resume scan, 20 committed shards" in text
+    assert "trainer shard index, 20 shards" in text
     res = json.loads(out.read_text())
     assert [s["rows"] for s in res["sizes"]] == [100, 1000] and res["sizes"][1]["shards"] == 3
-    assert res["goal_ratio"] == res["sizes"][1]["ratio_driver"] > 0
+    small, large = res["sizes"]
+    per_row_added = (large["driver_cpu_s"] - small["driver_cpu_s"]) / 900
+    slope = per_row_added / (small["driver_cpu_s"] / 100)
+    assert res["goal_ratio"] == res["slope"]["ratio_driver"]
+    assert abs(res["goal_ratio"] - slope) < 2e-3  # the slope 10² → 10³, not per-row cost at 10³ over 10²'s
+    assert "marginal slope 100 -> 1000 rows" in text and f"{res['goal_ratio']:.2f}x (goal <= 1.5)" in text
+    assert {"command", "commit", "date", "hardware"} <= set(res)
+    assert res["command"].startswith("python -m benchmarks.annotate_scale --rows 100 1000")
 
 
 def test_reblock_asks_for_the_pipelines_task_cpus_and_keeps_every_row(ray_local):
