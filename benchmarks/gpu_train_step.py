@@ -149,7 +149,7 @@ def breakdown(model, loss_fn, batch, device, dtype, use_autocast, steps, warmup)
     return {k: 1e3 * _median_time(fn, device, steps, warmup) for k, fn in parts.items()}
 
 
-def main(argv=None) -> int:
+def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="vit-b-16", choices=["vit-b-16", "tiny"])
     p.add_argument("--kind", default="grain", choices=["grain", "clip"])
@@ -166,8 +166,61 @@ def main(argv=None) -> int:
     p.add_argument("--compile", action="store_true", help="torch.compile the model first")
     p.add_argument("--breakdown", action="store_true", help="also time each part (forward + backward) in isolation")
     p.add_argument("--json", help="also write the results to this JSON file")
-    args = p.parse_args(argv)
+    return p, p.parse_args(argv)
 
+
+def count_flops(model, loss_fn, batch, device, dtype, use_autocast: bool) -> int:
+    """FLOPs of one uncompiled forward + backward (FlopCounterMode); leaves the gradients set."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:
+        with torch.autocast(device_type=device.type, dtype=dtype, enabled=use_autocast):
+            losses = loss_fn(model(batch), batch)
+        losses["loss"].backward()
+    return fc.get_total_flops()
+
+
+def timed_steps(step, device, steps: int, warmup: int) -> tuple[float, dict]:
+    """(median step seconds, the last step's losses); CUDA peak memory counted from the first timed step."""
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        losses = step()
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    if not torch.isfinite(losses["loss"]):
+        raise FloatingPointError(f"non-finite loss {float(losses['loss'])}")
+    return statistics.median(times), losses
+
+
+def rates(args, device, dtype, flops: int, t_step: float) -> dict:
+    """Samples/s, achieved TFLOP/s and MFU against the chip's datasheet peak and a measured matmul rate."""
+    peak_mem = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
+                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    n = args.matmul_n or (8192 if device.type == "cuda" else 1024)
+    peak = matmul_peak(device, dtype, n, reps=5 if device.type == "cuda" else 2)
+    achieved = flops / t_step  # FLOP/s
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    dtype_name = str(dtype).replace("torch.", "").replace("bfloat16", "bf16").replace("float32", "fp32")
+    chip_peak, chip_source = chip_peak_tflops(device_name, dtype_name, args.peak_tflops)
+    return {
+        "preset": args.preset, "kind": args.kind, "device": str(device), "device_name": device_name,
+        "dtype": str(dtype).replace("torch.", ""), "batch_size": args.batch_size, "compile": args.compile,
+        "step_s": t_step, "samples_per_s": args.batch_size / t_step, "flops_per_step": flops,
+        "achieved_tflops": achieved / 1e12, "matmul_peak_tflops": peak / 1e12, "mfu_vs_matmul": achieved / peak,
+        "chip_peak_tflops": chip_peak, "chip_peak_source": chip_source,
+        "mfu": achieved / (chip_peak * 1e12) if chip_peak else None,
+        "peak_mem_gib": peak_mem / 2**30,
+    }
+
+
+def main(argv=None) -> int:
+    p, args = parse_args(argv)
     from grain.config import LossConfig, ModelConfig
     from grain.losses import GrainLoss
     from grain.model import build_model
@@ -190,59 +243,18 @@ def main(argv=None) -> int:
                             torch.Generator().manual_seed(0))
     use_autocast = dtype != torch.float32
 
-    def fwd_bwd():
-        with torch.autocast(device_type=device.type, dtype=dtype, enabled=use_autocast):
-            out = fwd_model(batch)
-            losses = loss_fn(out, batch)
-        losses["loss"].backward()
-        return losses
-
     def step():
         opt.zero_grad(set_to_none=True)
-        losses = fwd_bwd()
+        with torch.autocast(device_type=device.type, dtype=dtype, enabled=use_autocast):
+            losses = loss_fn(fwd_model(batch), batch)
+        losses["loss"].backward()
         opt.step()
         return losses
 
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as fc:  # one uncompiled fwd+bwd, counted
-        with torch.autocast(device_type=device.type, dtype=dtype, enabled=use_autocast):
-            losses = loss_fn(model(batch), batch)
-        losses["loss"].backward()
-    flops = fc.get_total_flops()
+    flops = count_flops(model, loss_fn, batch, device, dtype, use_autocast)
     opt.zero_grad(set_to_none=True)
-
-    for _ in range(args.warmup):
-        step()
-    _sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for _ in range(args.steps):
-        t = time.perf_counter()
-        losses = step()
-        _sync(device)
-        times.append(time.perf_counter() - t)
-    t_step = statistics.median(times)
-    if not torch.isfinite(losses["loss"]):
-        raise FloatingPointError(f"non-finite loss {float(losses['loss'])}")
-    peak_mem = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
-                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    n = args.matmul_n or (8192 if device.type == "cuda" else 1024)
-    peak = matmul_peak(device, dtype, n, reps=5 if device.type == "cuda" else 2)
-    achieved = flops / t_step  # FLOP/s
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    dtype_name = str(dtype).replace("torch.", "").replace("bfloat16", "bf16").replace("float32", "fp32")
-    chip_peak, chip_source = chip_peak_tflops(device_name, dtype_name, args.peak_tflops)
-    res = {
-        "preset": args.preset, "kind": args.kind, "device": str(device), "device_name": device_name,
-        "dtype": str(dtype).replace("torch.", ""), "batch_size": args.batch_size, "compile": args.compile,
-        "step_s": t_step, "samples_per_s": args.batch_size / t_step, "flops_per_step": flops,
-        "achieved_tflops": achieved / 1e12, "matmul_peak_tflops": peak / 1e12, "mfu_vs_matmul": achieved / peak,
-        "chip_peak_tflops": chip_peak, "chip_peak_source": chip_source,
-        "mfu": achieved / (chip_peak * 1e12) if chip_peak else None,
-        "peak_mem_gib": peak_mem / 2**30, "loss": float(losses["loss"].detach()), "torch": torch.__version__,
-    }
+    t_step, losses = timed_steps(step, device, args.steps, args.warmup)
+    res = {**rates(args, device, dtype, flops, t_step), "loss": float(losses["loss"].detach()), "torch": torch.__version__}
     if args.breakdown:
         res["breakdown_ms"] = breakdown(model, loss_fn, batch, device, dtype, use_autocast, args.steps, args.warmup)
         for k, v in res["breakdown_ms"].items():
