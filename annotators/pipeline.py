@@ -124,8 +124,8 @@ def finalize_row(r: dict, models: dict) -> dict:
 
 def _ensure_ray(cfg: AnnotateConfig) -> bool:
     """Use the Ray already initialised in this process, else join ``run.ray_address`` or start a private
-    local one (annotators/ray_session.py). True if started here."""
-    from annotators.ray_session import ensure_ray
+    local one (grain/common/ray_session.py). True if started here."""
+    from grain.common.ray_session import ensure_ray
 
     return ensure_ray(cfg.run.ray_address, cfg.run.ray_num_cpus, dashboard=cfg.run.ray_dashboard)
 

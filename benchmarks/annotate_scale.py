@@ -309,7 +309,7 @@ def main(argv=None) -> int:
     import logging
 
     logging.basicConfig(level=logging.WARNING)
-    from annotators.ray_session import ensure_ray
+    from grain.common.ray_session import ensure_ray
 
     png = tiny_png()
     results = {**provenance("benchmarks.annotate_scale", argv), "png_bytes": len(png),

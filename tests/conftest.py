@@ -53,10 +53,10 @@ def session_tmp():
 @pytest.fixture(scope="session")
 def ray_local():
     """One local Ray cluster for the whole session (2 CPUs, no dashboard, own temp dir), every socket
-    on 127.0.0.1 (annotators.ray_session.init_loopback_ray: the dashboard agent too)."""
+    on 127.0.0.1 (grain.common.ray_session.init_loopback_ray: the dashboard agent too)."""
     import ray
 
-    from annotators.ray_session import init_loopback_ray
+    from grain.common.ray_session import init_loopback_ray
 
     # A loaded 2-core machine can make the raylet give up waiting for its agent (fixed ~30 s):
     # one retry, with a fresh temp dir, before failing the tests that need Ray.

@@ -45,8 +45,15 @@ def _ray_init(cfg: TrainConfig) -> None:
     if ray.is_initialized():
         return
     address = cfg.ray_address or os.environ.get("RAY_ADDRESS") or "local"
-    kwargs = {"include_dashboard": False} if address == "local" else {}
-    ray.init(address=address, **kwargs)  # "local": never silently joins someone else's cluster
+    if address != "local":
+        ray.init(address=address)
+        return
+    # A private local Ray ("local": never silently joins someone else's cluster) with every listening
+    # socket on 127.0.0.1 and its session files in its own short temp dir, as the annotation job's: a
+    # plain ray.init(address="local") serves its dashboard agent on 0.0.0.0 and the external address.
+    from grain.common.ray_session import init_loopback_ray, local_temp_dir
+
+    init_loopback_ray(include_dashboard=False, _temp_dir=local_temp_dir())
 
 
 def _fit_with_ray(cfg: TrainConfig, loop_config: dict, run_name: str, storage_path: str):

@@ -65,7 +65,7 @@ def test_restart_bound(tmp_path):
 
 
 def test_local_ray_temp_dir_is_short_and_under_grain_cache(tmp_path, monkeypatch):
-    from annotators.ray_session import MAX_TEMP_DIR_CHARS, local_temp_dir
+    from grain.common.ray_session import MAX_TEMP_DIR_CHARS, local_temp_dir
 
     short = tmp_path / "c"
     if len(str(short / "ray")) <= MAX_TEMP_DIR_CHARS:

@@ -225,7 +225,7 @@ LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")  # the last: IPv4-mapped loo
 
 def test_listening_sockets_are_loopback_only():
     """Every listening socket of the processes run 1 started (driver, GCS, raylet, workers, agents, and the
-    model actors' engines once up; sampled every 0.3 s until the kill) is on loopback. Plain Ray 2.60 with ``_node_ip_address="127.0.0.1"`` is not: annotators/ray_session.py
+    model actors' engines once up; sampled every 0.3 s until the kill) is on loopback. Plain Ray 2.60 with ``_node_ip_address="127.0.0.1"`` is not: grain/common/ray_session.py
     works around it (docs/reliability.md, "Ray's listening sockets")."""
     if "sockets" not in RECORDED:
         pytest.skip("the annotate run above did not record its sockets")

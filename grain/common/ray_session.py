@@ -1,5 +1,6 @@
-"""The Ray the annotation job runs on: an initialised one, a cluster (``run.ray_address``), or a local
-one started here for this run.
+"""The Ray a stage runs on: an initialised one, a cluster (``run.ray_address``, ``ray_address``), or a
+local one started here for this run (the annotation job's ``ensure_ray``, the trainer's ``init_loopback_ray``).
+The one module of ``grain`` that imports Ray (inside its functions; contract ``grain-pure`` names it).
 
 A local Ray started here is private to the run: it binds 127.0.0.1 only, keeps its session files in a
 short temp dir under ``$GRAIN_CACHE/ray`` (default ``~/.cache/grain/ray``; not ``/tmp/ray``, which every
@@ -16,7 +17,7 @@ import tempfile
 from grain.common.cache import grain_cache
 
 log = logging.getLogger(__name__)
-PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Environment the model actors need (offline hub, KV cache size, caches, S3 endpoint).
 FORWARD_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "VLLM_CPU_KVCACHE_SPACE", "GRAIN_CACHE", "TOKENIZERS_PARALLELISM",
                "GRAIN_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
