@@ -252,7 +252,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    from benchmarks.provenance import provenance
+    from benchmarks.provenance import provenance, write_results
     from grain.testing.tiny_models import ensure_tiny_models
 
     names = ["llava-bench", "owlv2-bench"] if args.size == "bench" else ["llava", "owlv2"]
@@ -272,8 +272,7 @@ def main(argv=None) -> int:
     print(json.dumps(res, indent=1))
     report(res, args.also_set)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=1)
+        write_results(args.json, res)
     return 0
 
 

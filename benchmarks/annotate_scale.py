@@ -51,7 +51,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from annotators.stages import DescribeStage, GroundStage, _ModelStage
-from benchmarks.provenance import provenance
+from benchmarks.provenance import provenance, write_results
 
 FIXED_CAPTION = "a fixed caption from the fixed-answer model stage"
 FIXED_DESCRIPTIONS = ["a fixed thing", "another fixed thing"]
@@ -334,8 +334,7 @@ def main(argv=None) -> int:
         results["goal_ratio"] = results["slope"]["ratio_driver"]
     print_report(results)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
+        write_results(args.json, results)
     return 0
 
 

@@ -45,6 +45,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.provenance import write_results  # noqa: E402
 from grain import box_ops  # noqa: E402
 from grain.common import storage
 from grain.checkpoint import load_checkpoint  # noqa: E402
@@ -296,8 +297,7 @@ def main(argv=None) -> int:
                 f"{k} {s2[k]['share']:.0%} of targets (1-GIoU {s2[k]['1-giou']:.3f})" for k in ("centre", "one_off", "far"))
                 + f"; each target's own-cell proposal / best-constant {s2['oracle_ratio']:.2f}")
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(results, fh, indent=1)
+        write_results(args.json, results)
     return 0
 
 

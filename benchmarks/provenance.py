@@ -50,3 +50,13 @@ def provenance(module: str, argv: list | None = None) -> dict:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "hardware": {"cpu_model": cpu_model(), "cores": os.cpu_count(), "machine": platform.machine()},
     }
+
+
+def write_results(path: str, results: dict) -> None:
+    """A benchmark's JSON (``--json PATH``), written atomically: a run stopped mid-write leaves the old file."""
+    import json
+
+    from grain.common.storage import atomic_open
+
+    with atomic_open(path, commit=False) as f:
+        f.write(json.dumps(results, indent=1).encode())
