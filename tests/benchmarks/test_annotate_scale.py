@@ -73,21 +73,21 @@ def test_marginal_slope_from_two_known_sizes():
 
 def test_benchmark_prints_the_table_and_the_slope(ray_local, tmp_path, capsys):
     out = tmp_path / "scale.json"
-    assert bench.main(["--rows", "100", "1000", "--rows-per-shard", "400", "--batch-size", "64",
+    assert bench.main(["--rows", "50", "200", "--rows-per-shard", "80", "--batch-size", "32",
                        "--resume-shards", "20", "--json", str(out)]) == 0
     text = capsys.readouterr().out
     assert "driver CPU s/1k" in text and "resume scan, 20 committed shards" in text
     assert "trainer shard index, 20 shards" in text
     res = json.loads(out.read_text())
-    assert [s["rows"] for s in res["sizes"]] == [100, 1000] and res["sizes"][1]["shards"] == 3
+    assert [s["rows"] for s in res["sizes"]] == [50, 200] and res["sizes"][1]["shards"] == 3
     small, large = res["sizes"]
-    per_row_added = (large["driver_cpu_s"] - small["driver_cpu_s"]) / 900
-    slope = per_row_added / (small["driver_cpu_s"] / 100)
+    per_row_added = (large["driver_cpu_s"] - small["driver_cpu_s"]) / 150
+    slope = per_row_added / (small["driver_cpu_s"] / 50)
     assert res["goal_ratio"] == res["slope"]["ratio_driver"]
-    assert abs(res["goal_ratio"] - slope) < 2e-3  # the slope 10² → 10³, not per-row cost at 10³ over 10²'s
-    assert "marginal slope 100 -> 1000 rows" in text and f"{res['goal_ratio']:.2f}x (goal <= 1.5)" in text
+    assert abs(res["goal_ratio"] - slope) < 2e-3  # the slope 50 → 200 rows, not per-row cost at 200 over 50's
+    assert "marginal slope 50 -> 200 rows" in text and f"{res['goal_ratio']:.2f}x (goal <= 1.5)" in text
     assert {"command", "commit", "date", "hardware"} <= set(res)
-    assert res["command"].startswith("python -m benchmarks.annotate_scale --rows 100 1000")
+    assert res["command"].startswith("python -m benchmarks.annotate_scale --rows 50 200")
 
 
 def test_reblock_asks_for_the_pipelines_task_cpus_and_keeps_every_row(ray_local):

@@ -126,6 +126,7 @@ def test_position_probe_reads_position_not_noise():
     assert abs(position_probe(torch.randn(n, grid * grid, 16, generator=g), 32)) < 0.1
 
 
+@pytest.mark.slow  # trains both arms of the smoke benchmark twice (≈ 40 s of the fast tier on 2 cores)
 def test_smoke_benchmark_end_to_end_and_resume(tmp_path, capsys):
     """The CI smoke run: corpus → both arms through the trainer → run_eval → table/PNG; a rerun skips."""
     pytest.importorskip("skimage")
