@@ -23,7 +23,7 @@ class EvalConfig:
 
     __pydantic_config__ = STRICT_KEYS
 
-    checkpoint: str  # checkpoint file written by grain.checkpoint.save_checkpoint
+    checkpoint: str  # checkpoint file in grain.checkpoint's format (e.g. a training run's final.pt)
     datasets: list[str]  # data set folders/shards or local set names (`grain data list`)
     output: str = "eval-out"  # output folder: results.json, results.md, results.png
     alphas: list[float] = field(default_factory=lambda: [1.0, 0.75, 0.5, 0.25, 0.0])  # fusion weights α of the global score

@@ -60,7 +60,8 @@ def save_checkpoint(path: str, model: nn.Module, cfg: ModelConfig, extra: dict |
 
 
 def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> tuple[GrainModel, ModelConfig, dict]:
-    """Read a checkpoint written by ``save_checkpoint`` → ``(model, cfg, extra)`` (model in eval mode).
+    """Read a checkpoint written by ``save_checkpoint`` or ``write_checkpoint`` → ``(model, cfg, extra)``
+    (model in eval mode).
 
     Uses ``torch.load(weights_only=True)``; a file of another format or with mismatched weights
     raises ValueError naming ``path``.

@@ -182,6 +182,7 @@ def atomic_open(uri: str, commit: bool = True, storage_options: Mapping | None =
     Local: a temp file in the same directory, fsynced, then ``os.replace``d. Object store: one
     streamed object upload (all-or-nothing per object); on an exception the multipart upload is
     aborted instead of completed. With ``commit=True`` the ``.done`` marker is written last.
+    A local file keeps the temp file's mode, 0600 (owner read/write), whatever the umask.
     """
     fs, path = open_fs(uri, storage_options)
     if is_local(uri):
