@@ -18,7 +18,7 @@ import sys
 def eval_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="grain eval", description="Zero-shot classification (names, descriptors, "
                                 "region fusion), retrieval and novel-concept evaluation of a checkpoint.")
-    p.add_argument("--checkpoint", help="final.pt (grain.checkpoint.save_checkpoint) or a folder written by `grain export`")
+    p.add_argument("--checkpoint", help="a checkpoint (final.pt, grain.checkpoint format) or a folder written by `grain export`")
     p.add_argument("--dataset", action="append", default=None, metavar="PATH|NAME",
                    help="ImageFolder / clip_benchmark webdataset folder, annotated .parquet shards, or a local set name "
                         "(`grain data list`); repeatable")

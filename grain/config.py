@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
 
 from grain.experimental import OPTIONS
@@ -160,10 +161,10 @@ class LossConfig:
 
 
 def _from_dict(cls, d: dict):
-    """A config dataclass from a plain dict (a checkpoint's, a preset plus overrides). Unknown keys and
-    wrong types are ValueErrors naming the key; ``__post_init__``'s checks still apply. Only the field
-    types these classes use (bool, int, float, str) are checked: ints pass as floats, integral floats
-    as ints, as the stages' config engine does for run files."""
+    """A config dataclass from a plain dict (a checkpoint's, a preset plus overrides, a benchmark's YAML).
+    Unknown keys and wrong types are ValueErrors naming the key; ``__post_init__``'s checks still apply.
+    Values are coerced as the stages' config engine (pydantic, lax mode) coerces run files: numpy and
+    other numbers, numeric strings ("1e-1"), integral floats for ints, 0/1 and "true"/"false" for bools."""
     fields = {f.name: f.type for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in d.items():
@@ -173,19 +174,40 @@ def _from_dict(cls, d: dict):
     return cls(**kwargs)
 
 
+_BOOL_WORDS = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False, "1": True, "0": False}
+
+
+def _number(value) -> float | None:
+    """``value`` as a float if it is a number (not a bool) or a numeric string, else None."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return None
+    return None
+
+
 def _typed(owner: str, key: str, kind: str, value):
     """``value`` as the field type named ``kind`` ("bool" | "int" | "float" | "str"), or a ValueError."""
     ok = None
-    if kind == "bool" and isinstance(value, bool):
-        ok = value
-    elif kind == "int" and not isinstance(value, bool):
-        if isinstance(value, int):
+    if kind == "bool":
+        if isinstance(value, bool):
             ok = value
-        elif isinstance(value, float) and value.is_integer():
+        elif isinstance(value, numbers.Integral) and int(value) in (0, 1):
+            ok = bool(value)
+        elif isinstance(value, str):
+            ok = _BOOL_WORDS.get(value.strip().lower())
+    elif kind == "int":
+        x = _number(value)
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
             ok = int(value)
-    elif kind == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
-        ok = float(value)
-    elif kind == "str" and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        elif x is not None and math.isfinite(x) and x.is_integer():
+            ok = int(x)
+    elif kind == "float":
+        ok = _number(value)
+    elif kind == "str" and not isinstance(value, bool) and isinstance(value, (str, numbers.Real)):
         ok = str(value)
     if ok is None:
         raise ValueError(f"{key}: expected {kind}, got {value!r} (from {owner})")

@@ -128,6 +128,16 @@ def test_config_round_trip_and_errors():
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match=r"nonsense: unknown key 'nonsense' \(from ModelConfig\)"):
         ModelConfig.from_dict({"nonsense": 1})
+    # Coerced as run files are (a benchmark's raw YAML, numpy numbers): "1e-1" stays a string in PyYAML.
+    import numpy as np
+
+    lax = ModelConfig.preset("tiny", decoder_layers=np.int64(3), decoder_dropout="1e-1", vision_qk_norm=1, embed_dim=128.0)
+    assert (lax.decoder_layers, lax.decoder_dropout, lax.vision_qk_norm, lax.embed_dim) == (3, 0.1, True, 128)
+    assert type(lax.decoder_layers) is int and type(lax.embed_dim) is int
+    with pytest.raises(ValueError, match=r"decoder_layers: expected int, got 2.5 \(from ModelConfig\)"):
+        ModelConfig.preset("tiny", decoder_layers=2.5)
+    with pytest.raises(ValueError, match="vision_qk_norm: expected bool"):
+        ModelConfig.preset("tiny", vision_qk_norm="maybe")
     with pytest.raises(ValueError, match="preset"):
         ModelConfig.preset("vit-z")
     with pytest.raises(ValueError, match="kind"):
