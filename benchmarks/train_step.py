@@ -241,10 +241,9 @@ def main(argv=None) -> int:
            "data_sps": data_sps, "train_sps": train_sps, "data_over_train": data_sps / train_sps}
     print_report(args, res)
     if args.json:
-        import json
+        from benchmarks.provenance import write_results
 
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=1)
+        write_results(args.json, res)
     return 0
 
 
